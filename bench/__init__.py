@@ -1,0 +1,1 @@
+"""Benchmarks for async_batch (placeholder: scenarios come later)."""

@@ -1,0 +1,3 @@
+"""Entry point of ``python -m bench`` (placeholder)."""
+
+print("no benchmarks yet")

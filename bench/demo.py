@@ -1,0 +1,3 @@
+"""Entry point of ``python -m bench.demo`` (placeholder)."""
+
+print("no demo yet")
