@@ -1,0 +1,795 @@
+"""One flush: plan, prefetch ids, write eligible rows, hand the rest to the unit of work, adopt.
+
+Runs inside the session's own ``flush()``: ``execute`` wraps the unit of work's execute step
+(inside the flush's transaction and its try/rollback), ``finalize`` wraps the step that makes
+flushed objects persistent, so ``after_flush`` still sees our objects in ``session.new`` and
+``after_flush_postexec`` sees them persistent, exactly as in a native flush.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.schema import sort_tables_and_constraints
+from sqlalchemy.sql import ClauseElement
+
+from . import _sa, _sequences, _writer
+from ._planner import (
+    D_CALLABLE,
+    D_NONE,
+    D_NULL,
+    D_OMIT,
+    D_SCALAR,
+    D_SERVER,
+    MISSING,
+    Components,
+    MapperInfo,
+    TableSpec,
+    mapper_info,
+    related_states,
+)
+from ._report import Fallback, FlushReport, TableWrite, logger, store
+from ._sequences import IdSource, TableMeta
+
+_MISSING = MISSING
+_PLAIN = frozenset({int, str, float, bool, bytes, type(None)})
+
+
+class _SqlValue(Exception):
+    """An attribute holds a SQL expression: this flush goes to the native path."""
+
+    def __init__(self, state: InstanceState[Any]) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+def _is_sql(v: Any) -> bool:
+    return isinstance(v, ClauseElement) or hasattr(v, "__clause_element__")
+
+
+@dataclass
+class Options:
+    strategy: str = "auto"
+    """``auto``, ``copy``, ``unnest`` or ``executemany``."""
+    fast_path: bool = True
+    """Write eligible objects ourselves. ``False``: only prefetch ids and regroup, and let the
+    native flush write everything."""
+    prefetch: str = "auto"
+    """``auto``: prefetch ids for natively written objects where that saves round trips
+    (``implicit_returning=False``, self-referential mappers, or when a round trip is spent
+    anyway); ``always``; ``never``."""
+    regroup: bool = True
+    """Reorder natively written objects so equal key sets are contiguous and batch."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in _writer.STRATEGIES:
+            raise ValueError(
+                f"strategy={self.strategy!r} is not one of {', '.join(_writer.STRATEGIES)}"
+            )
+        if self.prefetch not in ("auto", "always", "never"):
+            raise ValueError(f"prefetch={self.prefetch!r} is not one of auto, always, never")
+
+
+class FlushRun:
+    def __init__(self, session: Session, flush_context: Any, options: Options) -> None:
+        self.session = session
+        self.ctx = flush_context
+        self.options = options
+        self.report = FlushReport()
+        self.fast: list[InstanceState[Any]] = []
+        self._undo: list[tuple[InstanceState[Any], str, Any]] = []
+        self._t0 = time.perf_counter()
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def execute(self, native_execute: Callable[[], None]) -> None:
+        try:
+            self._run()
+        except _SqlValue as sv:
+            # Found while building rows, before anything was written: hand the whole
+            # flush to the unit of work, with nothing of ours left on the objects.
+            self._revert()
+            n = len(_sa.registered_new_states(self.ctx))
+            self.report = FlushReport(native=n)
+            self._fallback(
+                sv.state.manager.mapper.class_.__name__,
+                "an attribute holds a SQL expression; whole flush left native",
+                n,
+            )
+        except BaseException:
+            self._revert()
+            raise
+        try:
+            native_execute()
+        except BaseException:
+            self._revert()
+            raise
+
+    def finalize(self, native_finalize: Callable[[], None]) -> None:
+        native_finalize()
+        _sa.register_persistent(self.session, self.fast)
+        store(self.session, self.report)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _fallback(self, what: str, reason: str, objects: int = 0) -> None:
+        self.report.fallbacks.append(Fallback(what, reason, objects))
+
+    def _run(self) -> None:
+        states = _sa.registered_new_states(self.ctx)
+        if not states:
+            return
+        states.sort(key=_sa.insert_order)
+        session = self.session
+        report = self.report
+
+        if _sa.has_connection_callable(session):
+            report.native = len(states)
+            self._fallback("flush", "session uses a connection_callable (sharding)", len(states))
+            return
+        conns: dict[int, Connection] = {}
+        mapper_conn: dict[Any, Connection] = {}
+        for st in states:
+            m = st.manager.mapper
+            if m not in mapper_conn:
+                c = _sa.flush_connection(self.ctx, m)
+                mapper_conn[m] = c
+                conns[id(c)] = c
+        if len(conns) != 1:
+            report.native = len(states)
+            self._fallback("flush", "mappers are bound to more than one connection", len(states))
+            return
+        conn = next(iter(conns.values()))
+        dialect = conn.dialect
+        if dialect.name != "postgresql" or dialect.driver != "asyncpg":
+            report.native = len(states)
+            self._fallback("flush", f"dialect {dialect.name}+{dialect.driver}", len(states))
+            return
+
+        fast_ok = self.options.fast_path
+        if fast_ok and _sa.has_dirty_or_deleted(session):
+            fast_ok = False
+            self._fallback("flush", "flush also updates or deletes objects", len(states))
+
+        infos: dict[Any, MapperInfo] = {}
+        metas: dict[Table, TableMeta] = {}
+
+        def meta_for(table: Table, info: MapperInfo) -> TableMeta:
+            m = metas.get(table)
+            if m is None:
+                id_col = info.id_column if table is info.id_table else None
+                m = metas[table] = _sequences.table_meta(conn, table, id_col)
+            return m
+
+        # 1. candidates
+        candidate: set[InstanceState[Any]] = set()
+        reasons: dict[Any, str] = {}
+        for st in states:
+            m = st.manager.mapper
+            info = infos.get(m)
+            if info is None:
+                info = infos[m] = mapper_info(m, dialect)
+                for ts in info.tables:
+                    meta_for(ts.table, info)
+                if info.id_table is not None:
+                    meta_for(info.id_table, info)
+            if not fast_ok:
+                continue
+            if info.fast_reason:
+                reasons.setdefault(m, info.fast_reason)
+                continue
+            if info.id_propkey is not None and st.dict.get(info.id_propkey) is None:
+                assert info.id_table is not None
+                meta = metas[info.id_table]
+                if not meta.id_ok:
+                    reasons.setdefault(m, meta.id_reason or "ids not available")
+                    continue
+            elif info.id_propkey is None and not _pks_known(st, info):
+                reasons.setdefault(m, "primary key is generated by the server, not a sequence")
+                continue
+            candidate.add(st)
+
+        # 2. a group of linked new objects is written by one side only
+        if candidate and any(i.relationships for i in infos.values()):
+            comps = Components()
+            bad: set[InstanceState[Any]] = set()
+            registered = self.ctx.states
+            for st in states:
+                info = infos[st.manager.mapper]
+                if not info.relationships:
+                    continue
+                for rel, other in related_states(st, info):
+                    if other is None:
+                        continue
+                    if other.key is None:
+                        if other not in registered:
+                            bad.add(st)
+                            reasons.setdefault(
+                                st.manager.mapper,
+                                f"related object along {rel.prop} is not in the session",
+                            )
+                        else:
+                            comps.union(st, other)
+                    elif rel.direction is ONETOMANY:
+                        bad.add(st)
+                        reasons.setdefault(
+                            st.manager.mapper, f"{rel.prop} moves a persistent object"
+                        )
+            bad_roots = {comps.find(s) for s in states if s not in candidate or s in bad}
+            fast = [s for s in states if s in candidate and comps.find(s) not in bad_roots]
+            for s in states:
+                if s in candidate and s not in bad and comps.find(s) in bad_roots:
+                    reasons.setdefault(
+                        s.manager.mapper, "linked to new objects the native flush writes"
+                    )
+        else:
+            fast = [s for s in states if s in candidate]
+
+        # 3. table order; a cycle between tables stays native
+        fast_tables: list[Table] = []
+        if fast:
+            tset: dict[Table, None] = {}
+            for st in fast:
+                info = infos[st.manager.mapper]
+                for ts in info.tables:
+                    tset[ts.table] = None
+                for rel in info.relationships:
+                    if rel.direction is MANYTOMANY and rel.secondary is not None:
+                        tset[rel.secondary] = None
+            ordered = list(sort_tables_and_constraints(list(tset)))  # type: ignore[no-untyped-call]
+            leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
+            cyc = [fk for fk in leftover if fk.referred_table is not fk.table]
+            if cyc:
+                for st in fast:
+                    reasons.setdefault(
+                        st.manager.mapper, "foreign keys form a cycle between tables"
+                    )
+                fast = []
+            else:
+                fast_tables = [t for t, _ in ordered if t is not None]
+
+        fast_set = set(fast)
+        native = [s for s in states if s not in fast_set]
+        counts: dict[Any, int] = defaultdict(int)
+        for s in native:
+            counts[s.manager.mapper] += 1
+        for m, n in counts.items():
+            self._fallback(
+                m.class_.__name__,
+                reasons.get(m) or ("fast path disabled" if fast_ok else "native flush"),
+                n,
+            )
+        report.native = len(native)
+
+        # 4. native objects whose key sets are mixed would go row by row: regroup them so
+        #    equal key sets are contiguous -- which needs their ids known up front, since
+        #    the database would otherwise number them in the new order
+        regroup = _regroup_plan(native, infos) if native and self.options.regroup else {}
+
+        # 5. ids: one round trip for every sequence this flush needs
+        self._prefetch(conn, fast, native, infos, metas, set(regroup))
+        for sts, new_order in regroup.values():
+            if all(_ids_known(s, infos[s.manager.mapper]) for s in sts):
+                orders = sorted(_sa.insert_order(s) for s in sts)
+                for st, o in zip(new_order, orders, strict=True):
+                    _sa.set_insert_order(st, o)
+
+        if not fast:
+            return
+
+        # 6. foreign keys from relationships, association rows, rows per table
+        secondary_rows = self._sync(fast, infos)
+        jobs = self._build(conn, fast, infos, metas, fast_tables, secondary_rows)
+
+        # 7. write, table by table in dependency order
+        strategy = self.options.strategy
+        for job, states_for_rows, postfetch in jobs:
+            chosen = _writer.choose(job, strategy)
+            returned = _writer.write(conn, job, chosen)
+            report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
+            if returned:
+                self._apply_returning(job, returned, states_for_rows, conn)
+            for st, keys in postfetch:
+                _sa.expire_attributes(st, keys)
+
+        _sa.unregister_states(self.ctx, fast)
+        self.fast = fast
+        report.accelerated = len(fast)
+
+    # -- ids -----------------------------------------------------------------------------------
+
+    def _prefetch(
+        self,
+        conn: Connection,
+        fast: list[InstanceState[Any]],
+        native: list[InstanceState[Any]],
+        infos: dict[Any, MapperInfo],
+        metas: dict[Table, TableMeta],
+        mixed: set[Any],
+    ) -> None:
+        need: dict[tuple[str, str, str | None], tuple[IdSource, list[InstanceState[Any]]]] = {}
+
+        sources: dict[Any, IdSource] = {}
+
+        def add(st: InstanceState[Any], info: MapperInfo) -> None:
+            assert info.id_table is not None
+            assert info.id_column is not None
+            src = sources.get(info.id_table)
+            if src is None:
+                src = sources[info.id_table] = _sequences.id_source(
+                    conn, info.id_table, info.id_column
+                )
+            entry = need.get(src.key)
+            if entry is None:
+                entry = need[src.key] = (src, [])
+            entry[1].append(st)
+
+        for st in fast:
+            info = infos[st.manager.mapper]
+            if info.id_propkey is not None and st.dict.get(info.id_propkey) is None:
+                add(st, info)
+        mode = self.options.prefetch
+        if native and mode != "never":
+            spend = bool(need)
+            for st in native:
+                info = infos[st.manager.mapper]
+                if info.id_propkey is None or info.id_table is None:
+                    continue
+                if st.dict.get(info.id_propkey) is not None:
+                    continue
+                meta = metas[info.id_table]
+                if not meta.id_ok or meta.identity_always:
+                    continue
+                if _sa.has_insert_listeners(st.manager.mapper):
+                    # a before_insert hook may assign ids itself; leave it alone
+                    continue
+                if (
+                    mode == "always"
+                    or spend
+                    or not info.id_table.implicit_returning
+                    or info.self_referential
+                    or st.manager.mapper.base_mapper in mixed
+                ):
+                    add(st, info)
+        if not need:
+            return
+        for _src, sts in need.values():
+            if infos[sts[0].manager.mapper].self_referential:
+                # the unit of work inserts a self-referencing mapper level by level (parents
+                # first), numbering rows in that order: hand out ids the same way
+                depth = _depths(sts, infos)
+                sts.sort(key=lambda st: (depth.get(st, 0), _sa.insert_order(st)))
+        requests = [(src, len(sts)) for src, sts in need.values()]
+        values = _sequences.prefetch(conn, requests)
+        self.report.prefetch_round_trips += 1
+        for (_src, sts), ids in zip(need.values(), values, strict=True):
+            if len(ids) != len(sts):  # pragma: no cover - server contract
+                raise RuntimeError("sequence prefetch returned the wrong number of ids")
+            for st, new_id in zip(sts, ids, strict=True):
+                key = infos[st.manager.mapper].id_propkey
+                assert key is not None
+                d = st.dict
+                self._undo.append((st, key, d.get(key, _MISSING)))
+                d[key] = new_id
+            self.report.prefetched_ids += len(ids)
+
+    # -- relationships -------------------------------------------------------------------------
+
+    def _set(self, st: InstanceState[Any], key: str, value: Any) -> None:
+        d = st.dict
+        old = d.get(key, _MISSING)
+        if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
+            return
+        self._undo.append((st, key, old))
+        _sa.set_attr(st, key, value)
+
+    def _sync(
+        self, fast: list[InstanceState[Any]], infos: dict[Any, MapperInfo]
+    ) -> dict[Table, list[dict[str, Any]]]:
+        """Copy keys along relationships as ``dependency.py``/``sync.py`` would."""
+        secondary: dict[Table, list[dict[str, Any]]] = defaultdict(list)
+        seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
+        get = _sa.get_by_column
+        keyof = _sa.propkey_for
+        for st in fast:
+            info = infos[st.manager.mapper]
+            # inherited primary keys under another attribute name
+            for ts in info.tables:
+                for src_key, dst_key in ts.equated:
+                    self._set(st, dst_key, st.dict.get(src_key))
+            if not info.relationships:
+                continue
+            for rel, other in related_states(st, info):
+                if rel.direction is MANYTOONE:
+                    if other is None:
+                        for _l, r in rel.pairs:
+                            self._set(st, keyof(st, r), None)
+                    else:
+                        for left, r in rel.pairs:
+                            self._set(st, keyof(st, r), get(other, left))
+                elif rel.direction is ONETOMANY:
+                    if other is None:
+                        continue
+                    for left, r in rel.pairs:
+                        self._set(other, keyof(other, r), get(st, left))
+                elif rel.direction is MANYTOMANY and rel.secondary is not None:
+                    if other is None:
+                        continue
+                    rev = rel.prop._reverse_property  # noqa: SLF001
+                    if (id(rel.prop), st, other) in seen_pairs:
+                        continue
+                    seen_pairs.add((id(rel.prop), st, other))
+                    for rp in rev:
+                        seen_pairs.add((id(rp), other, st))
+                    row: dict[str, Any] = {}
+                    for left, r in rel.pairs:
+                        row[r.name] = get(st, left)
+                    for left, r in rel.secondary_pairs:
+                        row[r.name] = get(other, left)
+                    secondary[rel.secondary].append(row)
+        return secondary
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def _build(
+        self,
+        conn: Connection,
+        fast: list[InstanceState[Any]],
+        infos: dict[Any, MapperInfo],
+        metas: dict[Table, TableMeta],
+        tables: list[Table],
+        secondary_rows: dict[Table, list[dict[str, Any]]],
+    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
+        per_table: dict[Table, list[tuple[InstanceState[Any], TableSpec]]] = defaultdict(list)
+        for st in fast:
+            for ts in infos[st.manager.mapper].tables:
+                per_table[ts.table].append((st, ts))
+
+        jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]] = []
+        for table in tables:
+            schema = _sequences.effective_schema(table.schema, conn)
+            tref = _sequences.qualified(conn, schema, table.name)
+            if table in secondary_rows:
+                jobs.extend(self._secondary_jobs(conn, table, tref, schema, secondary_rows[table]))
+                continue
+            entries = per_table.get(table)
+            if entries:
+                meta = metas.get(table) or _sequences.table_meta(conn, table, None)
+                jobs.extend(self._table_jobs(table, tref, schema, meta, entries))
+        return jobs
+
+    def _secondary_jobs(
+        self,
+        conn: Connection,
+        table: Table,
+        tref: str,
+        schema: str | None,
+        rows_d: list[dict[str, Any]],
+    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
+        if not rows_d:
+            return []
+        meta = _sequences.table_meta(conn, table, None)
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
+        for rd in rows_d:
+            ks = tuple(rd)
+            groups[ks].append(tuple(rd.values()))
+        return [
+            (
+                _writer.TableJob(
+                    tref,
+                    schema,
+                    table.name,
+                    list(ks),
+                    rows,
+                    [],
+                    dict(meta.column_types),
+                    meta.array_columns,
+                    False,
+                ),
+                [],
+                [],
+            )
+            for ks, rows in groups.items()
+        ]
+
+    def _table_jobs(
+        self,
+        table: Table,
+        tref: str,
+        schema: str | None,
+        meta: TableMeta,
+        entries: list[tuple[InstanceState[Any], TableSpec]],
+    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
+        undo = self._undo
+        defaulted = meta.defaulted_columns
+        specs: dict[int, TableSpec] = {}
+        for _st, ts in entries:
+            specs.setdefault(id(ts), ts)
+        names_in = {c.name for ts in specs.values() for c in ts.columns}
+        all_names = [c.name for c in table.c if c.name in names_in]
+        # per spec: its plan with "no default anywhere" resolved to NULL, and where each of
+        # its values goes in the table-wide column list
+        plans: dict[int, tuple[list[Any], list[int] | None, list[int]]] = {}
+        for spec_id, ts in specs.items():
+            plan = [
+                (
+                    pk,
+                    name,
+                    en,
+                    bind,
+                    D_NULL if kind == D_OMIT and name not in defaulted else kind,
+                    dv,
+                    od,
+                )
+                for (pk, name, en, bind, kind, dv, od) in ts.plan
+            ]
+            names = [p[1] for p in plan]
+            if names == all_names:
+                plans[spec_id] = (plan, None, [])
+            else:
+                plans[spec_id] = (
+                    plan,
+                    [all_names.index(n) for n in names],
+                    [i for i, n in enumerate(all_names) if n not in names],
+                )
+
+        groups: dict[tuple[str, ...], tuple[list[tuple[Any, ...]], list[Any], list[Any]]] = {}
+        for st, ts in entries:
+            d = st.dict
+            plan, pos, fill = plans[id(ts)]
+            values: list[Any] = []
+            omitted = False
+            prefetched: list[tuple[str, Any]] | None = None
+            for propkey, _name, eval_none, bind, kind, dflt, orm_dflt in plan:
+                v = d.get(propkey, _MISSING)
+                if v is not _MISSING and (v is not None or eval_none):
+                    if type(v) not in _PLAIN and _is_sql(v):
+                        raise _SqlValue(st)
+                    values.append(v if bind is None else bind(v))
+                    continue
+                if orm_dflt is not _MISSING:
+                    dv = orm_dflt
+                elif kind == D_NULL:
+                    values.append(None)
+                    continue
+                elif kind == D_NONE:
+                    values.append(None if bind is None else bind(None))
+                    continue
+                elif kind == D_SCALAR:
+                    dv = dflt
+                elif kind == D_CALLABLE:
+                    dv = dflt(None)
+                else:
+                    omitted = True
+                    values.append(_MISSING)
+                    continue
+                values.append(dv if bind is None else bind(dv))
+                if prefetched is None:
+                    prefetched = []
+                prefetched.append((propkey, dv))
+            if prefetched:
+                for key, dv in prefetched:
+                    undo.append((st, key, d.get(key, _MISSING)))
+                    d[key] = dv
+                    _sa.pop_committed(st, key)
+            if pos is not None:
+                vec: list[Any] = [_MISSING] * len(all_names)
+                for i, v in zip(pos, values, strict=True):
+                    vec[i] = v
+                for i in fill:
+                    if all_names[i] not in defaulted:
+                        vec[i] = None
+                    else:
+                        omitted = True
+                values = vec
+            okey: tuple[str, ...] = ()
+            if omitted:
+                okey = tuple(n for n, v in zip(all_names, values, strict=True) if v is _MISSING)
+                values = [v for v in values if v is not _MISSING]
+            g = groups.get(okey)
+            if g is None:
+                g = groups[okey] = ([], [], [])
+            g[0].append(tuple(values))
+            g[1].append(st)
+            g[2].append(ts)
+
+        jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]] = []
+        for okey, (rows, sts, tss) in groups.items():
+            names = [n for n in all_names if n not in okey]
+            eager = sorted({c for ts in specs.values() for c in ts.eager_server_cols} & set(okey))
+            returning: list[str] = []
+            if eager:
+                returning = [c.name for c in table.primary_key.columns] + eager
+            postfetch: list[tuple[InstanceState[Any], list[str]]] = []
+            if okey:
+                expire_cache: dict[int, list[str]] = {}
+                for st, ts in zip(sts, tss, strict=True):
+                    keys = expire_cache.get(id(ts))
+                    if keys is None:
+                        keys = expire_cache[id(ts)] = [
+                            s.propkey
+                            for s in ts.columns
+                            if s.name in okey and s.default_kind == D_SERVER and s.name not in eager
+                        ]
+                    if keys:
+                        postfetch.append((st, keys))
+            fk_pairs = [
+                (names.index(fk.column.name), names.index(fk.parent.name))
+                for fk in table.foreign_keys
+                if fk.column.table is table and fk.column.name in names and fk.parent.name in names
+            ]
+            job = _writer.TableJob(
+                tref,
+                schema,
+                table.name,
+                names,
+                rows,
+                returning,
+                dict(meta.column_types),
+                meta.array_columns,
+                meta.identity_always,
+                fk_pairs or None,
+            )
+            jobs.append((job, sts, postfetch))
+        return jobs
+
+    def _apply_returning(
+        self,
+        job: _writer.TableJob,
+        returned: list[Any],
+        states: list[InstanceState[Any]],
+        conn: Connection,
+    ) -> None:
+        """Set fetched server defaults, as ``_postfetch`` does with RETURNING rows."""
+        table = next(t for t in _sa.sorted_tables(states[0].manager.mapper) if t.name == job.name)
+        pk_cols = list(table.primary_key.columns)
+        npk = len(pk_cols)
+        by_pk: dict[tuple[Any, ...], InstanceState[Any]] = {}
+        for st in states:
+            by_pk[tuple(_sa.get_by_column(st, c) for c in pk_cols)] = st
+        cols = [table.c[name] for name in job.returning[npk:]]
+        undo = self._undo
+        for row in returned:
+            st = by_pk[tuple(row[:npk])]
+            d = st.dict
+            c2p = _sa.column_to_propkey(st.manager.mapper)
+            for col, value in zip(cols, row[npk:], strict=True):
+                key = c2p.get(col)
+                if key is None:
+                    continue
+                undo.append((st, key, d.get(key, _MISSING)))
+                d[key] = value
+
+    # -- failure -------------------------------------------------------------------------------
+
+    def _revert(self) -> None:
+        """Undo what we set on objects, so a failed flush leaves them as they were."""
+        undo = self._undo
+        n = len(undo)
+        for st, key, old in reversed(undo):
+            d = st.dict
+            if old is _MISSING:
+                d.pop(key, None)
+            else:
+                d[key] = old
+            st.committed_state.pop(key, None)
+        undo.clear()
+        logger.debug("flush failed; reverted %d attribute values", n)
+
+
+def _pks_known(st: InstanceState[Any], info: MapperInfo) -> bool:
+    d = st.dict
+    for ts in info.tables:
+        for key in ts.pk_propkeys:
+            if d.get(key) is not None:
+                continue
+            spec = next((s for s in ts.columns if s.propkey == key), None)
+            if spec is not None and spec.default_kind in (D_SCALAR, D_CALLABLE):
+                continue
+            if _synced_from_relationship(info, key):
+                continue
+            return False
+    return True
+
+
+def _synced_from_relationship(info: MapperInfo, key: str) -> bool:
+    for rel in info.relationships:
+        if rel.direction is MANYTOONE:
+            for _l, r in rel.pairs:
+                if info.mapper._columntoproperty[r].key == key:  # noqa: SLF001
+                    return True
+    return False
+
+
+def _depths(
+    states: list[InstanceState[Any]], infos: dict[Any, MapperInfo]
+) -> dict[InstanceState[Any], int]:
+    """Depth of each state in the self-referential parent/child graph of this flush."""
+    members = set(states)
+    parent: dict[InstanceState[Any], InstanceState[Any]] = {}
+    for st in states:
+        info = infos[st.manager.mapper]
+        base = st.manager.mapper.base_mapper
+        for rel, other in related_states(st, info):
+            if other is None or other not in members:
+                continue
+            if rel.prop.mapper.base_mapper is not base:
+                continue
+            if rel.direction is MANYTOONE:
+                parent.setdefault(st, other)
+            elif rel.direction is ONETOMANY:
+                parent.setdefault(other, st)
+    depth: dict[InstanceState[Any], int] = {}
+    for st in states:
+        chain = []
+        cur: InstanceState[Any] | None = st
+        while cur is not None and cur not in depth and cur not in chain:
+            chain.append(cur)
+            cur = parent.get(cur)
+        base_depth = depth.get(cur, -1) if cur is not None else -1
+        for node in reversed(chain):
+            base_depth += 1
+            depth[node] = base_depth
+    return depth
+
+
+def _ids_known(st: InstanceState[Any], info: MapperInfo) -> bool:
+    d = st.dict
+    return all(d.get(k) is not None for ts in info.tables for k in ts.pk_propkeys)
+
+
+def _regroup_plan(
+    native: list[InstanceState[Any]], infos: dict[Any, MapperInfo]
+) -> dict[Any, tuple[list[InstanceState[Any]], list[InstanceState[Any]]]]:
+    """Per base mapper with mixed key sets: (its states, the same states regrouped)."""
+    by_base: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
+    for st in native:
+        by_base[st.manager.mapper.base_mapper].append(st)
+    plans = {}
+    for base, sts in by_base.items():
+        if len(sts) < 2:
+            continue
+        if any(
+            spec.default_kind == D_CALLABLE
+            for m in {s.manager.mapper for s in sts}
+            for ts in infos[m].tables
+            for spec in ts.columns
+        ):
+            # callable defaults are evaluated in insert order: reordering would change them
+            continue
+        groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
+        sigs = [_sig_key(st, infos) for st in sts]
+        for st, sig in zip(sts, sigs, strict=True):
+            groups[sig].append(st)
+        if len(groups) < 2:
+            continue
+        # only worth it when equal signatures are not already contiguous
+        runs = 1 + sum(1 for a, b in itertools.pairwise(sigs) if a != b)
+        if runs <= len(groups):
+            continue
+        plans[base] = (sts, [s for g in groups.values() for s in g])
+    return plans
+
+
+def _sig_key(st: InstanceState[Any], infos: dict[Any, MapperInfo]) -> Any:
+    info = infos[st.manager.mapper]
+    d = st.dict
+    return (
+        st.manager.mapper,
+        tuple(
+            (spec.propkey in d and (d[spec.propkey] is not None or spec.eval_none))
+            for ts in info.tables
+            for spec in ts.columns
+            if spec.propkey not in ts.pk_propkeys
+        ),
+    )

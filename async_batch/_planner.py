@@ -1,0 +1,335 @@
+"""Which new objects of a flush we write ourselves, which stay native, and why.
+
+The rules mirror ``orm/persistence.py``: a row's values are what ``_collect_insert_commands``
+would have put in the INSERT's parameters (``None`` omitted unless the type evaluates
+``None``; ORM-level defaults; explicit ``None`` for columns without any default), then the
+column defaults the compiled INSERT would have evaluated in Python ("prefetch" columns) and
+the server defaults it would have left to the database ("postfetch", or RETURNING when the
+mapper prefers eager defaults). Anything we cannot reproduce exactly makes the mapper -- or
+the connected group of new objects -- fall back to the native flush with a recorded reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Column, Table
+from sqlalchemy.orm import Mapper, RelationshipProperty
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.base import PassiveFlag
+from sqlalchemy.orm.interfaces import MANYTOMANY
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import ClauseElement
+
+from . import _sa
+from ._sequences import id_column_kind
+
+# How a column's value is produced when the object has none for it.
+D_NONE = 0  # explicit NULL (``_insert_cols_as_none``)
+D_SCALAR = 1  # Python scalar default, evaluated client side ("prefetch")
+D_CALLABLE = 2  # Python callable default without context ("prefetch")
+D_SERVER = 3  # server default: omitted from the INSERT ("postfetch"/RETURNING)
+D_OMIT = 4  # no default at all: omitted (the database decides)
+D_NULL = 5  # D_OMIT where the catalog says the column has no default: plain NULL, no bind
+
+MISSING: Any = object()
+"""Sentinel: an attribute absent from the instance dict."""
+
+
+@dataclass
+class ColumnSpec:
+    column: Column[Any]
+    name: str
+    propkey: str
+    eval_none: bool
+    default_kind: int
+    default_value: Any = None
+    bind: Callable[[Any], Any] | None = None
+
+
+@dataclass
+class TableSpec:
+    table: Table
+    columns: list[ColumnSpec]
+    pk_propkeys: list[str]
+    equated: list[tuple[str, str]]
+    """(source propkey, dest propkey) pairs that copy inherited primary keys."""
+    orm_defaults: list[tuple[str, str, Any]]
+    """(propkey, column name, value) ORM-level defaults (SQLAlchemy 2.1)."""
+    eager_server_cols: frozenset[str]
+    """names of server-default columns whose values the native flush fetches back."""
+    plan: list[tuple[str, str, bool, Any, int, Any, Any]] = field(default_factory=list)
+    """Per column, precomputed for the row loop:
+    (propkey, name, eval_none, bind processor, default kind, default value, ORM default)."""
+
+    def __post_init__(self) -> None:
+        orm = {name: value for _k, name, value in self.orm_defaults}
+        self.plan = [
+            (
+                s.propkey,
+                s.name,
+                s.eval_none,
+                s.bind,
+                s.default_kind,
+                s.default_value,
+                orm.get(s.name, MISSING),
+            )
+            for s in self.columns
+        ]
+
+
+@dataclass
+class Relationship:
+    prop: RelationshipProperty[Any]
+    key: str
+    direction: Any
+    pairs: list[tuple[Any, Any]]
+    secondary: Table | None
+    secondary_pairs: list[tuple[Any, Any]]
+
+
+@dataclass
+class MapperInfo:
+    """Per-mapper facts for one dialect, computed once."""
+
+    mapper: Mapper[Any]
+    fast_reason: str | None
+    id_table: Table | None
+    id_column: Column[Any] | None
+    id_propkey: str | None
+    tables: list[TableSpec]
+    relationships: list[Relationship]
+    self_referential: bool
+
+
+_lock = threading.Lock()
+_infos: weakref.WeakKeyDictionary[Mapper[Any], dict[str, MapperInfo]] = weakref.WeakKeyDictionary()
+
+
+def mapper_info(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
+    with _lock:
+        per = _infos.get(mapper)
+        info = per.get(dialect.name) if per else None
+    if info is None:
+        info = _analyze(mapper, dialect)
+        with _lock:
+            _infos.setdefault(mapper, {})[dialect.name] = info
+    return info
+
+
+def _default_kind(col: Column[Any], mapper: Mapper[Any]) -> tuple[int, Any, str | None]:
+    """(kind, value, reason-if-unsupported) for a column missing from the parameters."""
+    d = col.default
+    if d is not None:
+        if getattr(d, "is_sequence", False):
+            if col.primary_key:
+                return D_SERVER, None, None
+            return D_OMIT, None, f"column {col.table.name}.{col.name} has a Sequence default"
+        if getattr(d, "is_clause_element", False):
+            return D_OMIT, None, f"column {col.table.name}.{col.name} has a SQL-expression default"
+        if getattr(d, "is_callable", False):
+            if _sa.is_context_free_callable(d):
+                return D_CALLABLE, d.arg, None  # type: ignore[attr-defined]
+            return (
+                D_OMIT,
+                None,
+                f"column {col.table.name}.{col.name} has a context-sensitive default",
+            )
+        if getattr(d, "is_scalar", False):
+            return D_SCALAR, d.arg, None  # type: ignore[attr-defined]
+        return D_OMIT, None, f"column {col.table.name}.{col.name} has an unsupported default"
+    if col.server_default is not None:
+        return D_SERVER, None, None
+    return D_OMIT, None, None
+
+
+def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
+    reasons: list[str] = []
+    if _sa.has_insert_listeners(mapper):
+        reasons.append("mapper has before_insert/after_insert listeners")
+    if _sa.has_refresh_flush_listeners(mapper):
+        reasons.append("mapper has refresh_flush listeners")
+    if mapper.version_id_col is not None:
+        reasons.append("mapper uses version_id_col")
+    if _sa.readonly_props(mapper):
+        reasons.append("mapper has read-only (expression) column properties")
+    if not mapper.batch:
+        reasons.append("mapper has batch=False")
+    if mapper.base_mapper.eager_defaults is True:
+        # eager_defaults=True may emit a SELECT per row after INSERT natively.
+        reasons.append("mapper has eager_defaults=True")
+
+    col_to_key = _sa.column_to_propkey(mapper)
+    tables: list[TableSpec] = []
+    for table in _sa.tables_of(mapper):
+        if not isinstance(table, Table):
+            reasons.append(f"mapped selectable {table} is not a Table")
+            continue
+        p2c = _sa.propkey_to_col(mapper, table)
+        eval_none = _sa.cols_evaluating_none(mapper, table)
+        as_none = _sa.cols_as_none(mapper, table)
+        specs: list[ColumnSpec] = []
+        for propkey, col in p2c.items():
+            if _sa.has_bind_expression(col):
+                reasons.append(f"column {table.name}.{col.name} type has a bind expression")
+            if col.key in as_none:
+                kind, value, why = D_NONE, None, None
+            else:
+                kind, value, why = _default_kind(col, mapper)
+            if why and not col.primary_key:
+                reasons.append(why)
+            specs.append(
+                ColumnSpec(
+                    column=col,
+                    name=col.name,
+                    propkey=propkey,
+                    eval_none=col in eval_none,
+                    default_kind=kind,
+                    default_value=value,
+                    bind=_sa.bind_processor(col, dialect),
+                )
+            )
+        equated: list[tuple[str, str]] = []
+        for m, pairs in _sa.table_to_equated(mapper, table):
+            m_keys = _sa.column_to_propkey(m)
+            for left, right in pairs:
+                lk, rk = m_keys.get(left), m_keys.get(right)
+                if lk is None or rk is None:
+                    reasons.append(f"inherited key {table.name}.{right.name} is not mapped")
+                elif lk != rk:
+                    equated.append((lk, rk))
+        orm_defaults = []
+        for propkey, col, value in _sa.orm_defaults(mapper, table):
+            orm_defaults.append((propkey, col.name, value))
+        server_cols = _sa.server_default_cols(mapper, table)
+        eager = (
+            frozenset(c.name for c in server_cols if c in col_to_key and not c.primary_key)
+            if _sa.prefer_eager_defaults(mapper, dialect, table)
+            else frozenset()
+        )
+        pk_keys = [col_to_key[c] for c in _sa.pks_by_table(mapper, table) if c in col_to_key]
+        tables.append(
+            TableSpec(
+                table=table,
+                columns=specs,
+                pk_propkeys=pk_keys,
+                equated=equated,
+                orm_defaults=orm_defaults,
+                eager_server_cols=eager,
+            )
+        )
+
+    # the id column: the base table's single integer primary key generated by a sequence
+    id_table = id_column = id_propkey = None
+    base_tables = _sa.tables_of(mapper.base_mapper)
+    if base_tables:
+        bt = base_tables[0]
+        pks = _sa.pks_by_table(mapper.base_mapper, bt)
+        if len(pks) == 1 and isinstance(bt, Table) and id_column_kind(bt, pks[0]):
+            id_table, id_column = bt, pks[0]
+            id_propkey = col_to_key.get(pks[0])
+
+    rels: list[Relationship] = []
+    self_ref = False
+    for prop in mapper.relationships:
+        if prop.viewonly:
+            continue
+        if prop.post_update:
+            reasons.append(f"relationship {prop} uses post_update")
+        if prop.mapper.base_mapper is mapper.base_mapper:
+            self_ref = True
+        rels.append(
+            Relationship(
+                prop=prop,
+                key=prop.key,
+                direction=prop.direction,
+                pairs=list(prop.synchronize_pairs),
+                secondary=prop.secondary if isinstance(prop.secondary, Table) else None,
+                secondary_pairs=list(prop.secondary_synchronize_pairs or ()),
+            )
+        )
+        if prop.direction is MANYTOMANY and not isinstance(prop.secondary, Table):
+            reasons.append(f"relationship {prop} has a non-Table secondary")
+
+    return MapperInfo(
+        mapper=mapper,
+        fast_reason="; ".join(dict.fromkeys(reasons)) or None,
+        id_table=id_table,
+        id_column=id_column,
+        id_propkey=id_propkey,
+        tables=tables,
+        relationships=rels,
+        self_referential=self_ref,
+    )
+
+
+def clear_cache() -> None:
+    with _lock:
+        _infos.clear()
+
+
+# --- per-flush classification ---------------------------------------------------------------
+
+
+def has_sql_values(state: InstanceState[Any], info: MapperInfo) -> bool:
+    d = state.dict
+    for ts in info.tables:
+        for spec in ts.columns:
+            v = d.get(spec.propkey)
+            if v is not None and (isinstance(v, ClauseElement) or hasattr(v, "__clause_element__")):
+                return True
+    return False
+
+
+def related_states(
+    state: InstanceState[Any], info: MapperInfo
+) -> Iterable[tuple[Relationship, InstanceState[Any] | None]]:
+    """(relationship, related state) for every related object a native flush would sync."""
+    d = state.dict
+    manager = state.manager
+    for rel in info.relationships:
+        if rel.key not in d:
+            continue
+        hist = manager[rel.key].impl.get_history(state, d, PassiveFlag.PASSIVE_NO_INITIALIZE)
+        for obj in hist.added or ():
+            yield rel, (None if obj is None else instance_state(obj))
+
+
+@dataclass
+class Components:
+    """Union-find over states linked by relationships."""
+
+    parent: dict[InstanceState[Any], InstanceState[Any]] = field(default_factory=dict)
+
+    def find(self, s: InstanceState[Any]) -> InstanceState[Any]:
+        p = self.parent
+        root = s
+        while p.get(root, root) is not root:
+            root = p[root]
+        while s is not root:
+            nxt = p.get(s, s)
+            p[s] = root
+            s = nxt
+        return root
+
+    def union(self, a: InstanceState[Any], b: InstanceState[Any]) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra is not rb:
+            self.parent[ra] = rb
+
+
+def group_by_signature(states: Sequence[InstanceState[Any]]) -> list[InstanceState[Any]]:
+    """Reorder states so equal key sets are contiguous (first-appearance order)."""
+    groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
+    for st in states:
+        sig = (st.manager.mapper, frozenset(k for k, v in st.dict.items() if v is not None))
+        groups[sig].append(st)
+    out: list[InstanceState[Any]] = []
+    for g in groups.values():
+        out.extend(g)
+    return out

@@ -1,0 +1,341 @@
+"""Every private SQLAlchemy API async_batch touches lives here.
+
+SQLAlchemy gives us no public way to write rows for pending objects ourselves and then hand
+them back to the session as if its own flush had written them. What we need is small and has
+been stable across 2.0 and 2.1: the session's pending set, the unit of work's registered
+states, a few memoized mapper tables that ``orm/persistence.py`` itself uses to build INSERT
+parameters, the session's own ``_register_persistent`` bookkeeping, and the connection's
+DBAPI error handling. Each is wrapped here so that a SQLAlchemy upgrade breaks one module,
+and ``check_version()`` refuses versions this module was not written for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import sqlalchemy
+from sqlalchemy import Column, Table
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm.base import PassiveFlag
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import schema as sa_schema
+
+_T = TypeVar("_T")
+
+SUPPORTED = ((2, 0), (2, 1))
+
+
+def _version() -> tuple[int, int]:
+    major, minor = sqlalchemy.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+SA_VERSION = _version()
+
+
+def check_version() -> None:
+    """Refuse SQLAlchemy versions whose internals this module was not written against."""
+    if SA_VERSION not in SUPPORTED:
+        raise RuntimeError(
+            f"async_batch supports SQLAlchemy 2.0.x and 2.1.x; found {sqlalchemy.__version__}. "
+            "Pin 'sqlalchemy>=2.0,<2.2' or upgrade async_batch."
+        )
+
+
+# --- session and unit of work -----------------------------------------------------------------
+
+
+def pending_states(session: Session) -> Iterable[InstanceState[Any]]:
+    """The session's pending (new) states, without building user-facing objects."""
+    return session._new.keys()  # noqa: SLF001
+
+
+def has_dirty_or_deleted(session: Session) -> bool:
+    return bool(session._deleted) or bool(session.identity_map._modified)  # noqa: SLF001
+
+
+def registered_new_states(flush_context: Any) -> list[InstanceState[Any]]:
+    """States the unit of work will INSERT (registered, not delete, not list-only)."""
+    return [
+        st
+        for st, (isdelete, listonly) in flush_context.states.items()
+        if not isdelete and not listonly and st.key is None
+    ]
+
+
+def unregister_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
+    """Take states out of the unit of work so that its save/dependency actions skip them."""
+    uow_states = flush_context.states
+    mappers = flush_context.mappers
+    for st in states:
+        del uow_states[st]
+        mappers[st.manager.mapper].discard(st)
+
+
+def wrap_flush_context(
+    flush_context: Any,
+    execute: Callable[[Callable[[], None]], None],
+    finalize: Callable[[Callable[[], None]], None],
+) -> None:
+    """Run ``execute``/``finalize`` around the unit of work's own steps for this flush only.
+
+    Instance attributes shadow the methods, so only this UOWTransaction is affected; the
+    session's ``_flush`` calls them inside its try/rollback block, which gives our writes the
+    same transaction and failure handling as native INSERTs.
+    """
+    native_execute = flush_context.execute
+    native_finalize = flush_context.finalize_flush_changes
+    flush_context.execute = lambda: execute(native_execute)
+    flush_context.finalize_flush_changes = lambda: finalize(native_finalize)
+
+
+def flush_connection(flush_context: Any, mapper: Mapper[Any]) -> Connection:
+    conn: Connection = flush_context.transaction.connection(mapper)
+    return conn
+
+
+def has_connection_callable(session: Session) -> bool:
+    return session.connection_callable is not None
+
+
+def register_persistent(session: Session, states: Sequence[InstanceState[Any]]) -> None:
+    """Make written states persistent exactly as ``Session._register_persistent`` does
+    (identity key and map, committed state, transaction bookkeeping,
+    ``pending_to_persistent``), inlined for pending states whose keys are new to the map;
+    anything else goes through the session's own method."""
+    if not states:
+        return
+    idmap = session.identity_map
+    id_dict = idmap._dict  # noqa: SLF001
+    wr = idmap._wr  # noqa: SLF001
+    modified = idmap._modified  # noqa: SLF001
+    new = session._new  # noqa: SLF001
+    trans = session._transaction  # noqa: SLF001
+    trans_new = trans._new if trans is not None else None  # noqa: SLF001
+    p2p = session.dispatch.pending_to_persistent or None
+    slow: set[InstanceState[Any]] = set()
+    key_props: dict[Any, tuple[Any, list[str]]] = {}
+    adopted: list[InstanceState[Any]] = []
+    for state in states:
+        mapper = state.manager.mapper
+        kp = key_props.get(mapper)
+        if kp is None:
+            kp = key_props[mapper] = (
+                mapper._identity_class,  # noqa: SLF001
+                [p.key for p in mapper._identity_key_props],  # noqa: SLF001
+            )
+        d = state.dict
+        ident = tuple([d.get(k) for k in kp[1]])
+        key = (kp[0], ident, state.identity_token)
+        if state.key is not None or key in id_dict or None in ident or state.obj() is None:
+            slow.add(state)
+            continue
+        state.key = key
+        id_dict[key] = state
+        state._instance_dict = wr  # noqa: SLF001
+        state._orphaned_outside_of_session = False  # noqa: SLF001
+        # InstanceState._commit_all_states, inlined
+        state.committed_state.clear()
+        sd = state.__dict__
+        if "_pending_mutations" in sd:
+            del sd["_pending_mutations"]
+        state.expired_attributes.difference_update(d)
+        if state.modified:
+            modified.discard(state)
+        state.modified = state.expired = False
+        state._strong_obj = None  # noqa: SLF001
+        if trans_new is not None:
+            trans_new[state] = True
+        adopted.append(state)
+    if p2p is not None:
+        for state in adopted:
+            p2p(session, state)
+    for state in adopted:
+        new.pop(state, None)
+    if slow:
+        session._register_persistent(slow)  # noqa: SLF001
+
+
+def insert_order(state: InstanceState[Any]) -> int:
+    return int(state.insert_order or 0)
+
+
+def set_insert_order(state: InstanceState[Any], value: int) -> None:
+    state.insert_order = value
+
+
+def expire_attributes(state: InstanceState[Any], keys: Iterable[str]) -> None:
+    state._expire_attributes(state.dict, keys)  # noqa: SLF001
+
+
+def pop_committed(state: InstanceState[Any], key: str) -> None:
+    state.committed_state.pop(key, None)
+
+
+# --- mapper tables persistence.py uses ---------------------------------------------------------
+
+
+def propkey_to_col(mapper: Mapper[Any], table: Table) -> Mapping[str, Column[Any]]:
+    result: Mapping[str, Column[Any]] = mapper._propkey_to_col[table]  # noqa: SLF001
+    return result
+
+
+def cols_evaluating_none(mapper: Mapper[Any], table: Table) -> frozenset[Column[Any]]:
+    result: frozenset[Column[Any]] = mapper._insert_cols_evaluating_none[table]  # noqa: SLF001
+    return result
+
+
+def cols_as_none(mapper: Mapper[Any], table: Table) -> frozenset[str]:
+    result: frozenset[str] = mapper._insert_cols_as_none[table]  # noqa: SLF001
+    return result
+
+
+def orm_defaults(mapper: Mapper[Any], table: Table) -> Sequence[tuple[str, Column[Any], Any]]:
+    """ORM-level (dataclass) defaults the INSERT delivers; SQLAlchemy 2.1 only (#13748)."""
+    table_map = getattr(mapper, "_insert_orm_defaults", None)
+    if table_map is None:
+        return ()
+    result: Sequence[tuple[str, Column[Any], Any]] = table_map.get(table, ())
+    return result
+
+
+def server_default_cols(mapper: Mapper[Any], table: Table) -> frozenset[Column[Any]]:
+    result: frozenset[Column[Any]] = mapper._server_default_cols.get(table, frozenset())  # noqa: SLF001
+    return result
+
+
+def prefer_eager_defaults(mapper: Mapper[Any], dialect: Any, table: Table) -> bool:
+    base = mapper.base_mapper
+    return bool(base._prefer_eager_defaults(dialect, table))  # type: ignore[no-untyped-call]  # noqa: SLF001
+
+
+def sorted_tables(mapper: Mapper[Any]) -> Sequence[Table]:
+    """The hierarchy's tables, base first (``persistence.save_obj``'s order)."""
+    return list(mapper.base_mapper._sorted_tables)  # noqa: SLF001
+
+
+def tables_of(mapper: Mapper[Any]) -> Sequence[Table]:
+    """Tables this mapper writes, in insert order."""
+    cols_by_table = mapper._cols_by_table  # noqa: SLF001
+    pks = mapper._pks_by_table  # noqa: SLF001
+    return [t for t in sorted_tables(mapper) if t in cols_by_table and t in pks]
+
+
+def pks_by_table(mapper: Mapper[Any], table: Table) -> Sequence[Column[Any]]:
+    result: list[Any] = list(mapper._pks_by_table[table])  # noqa: SLF001
+    return result
+
+
+def column_to_propkey(mapper: Mapper[Any]) -> Mapping[Any, str]:
+    return {col: prop.key for col, prop in mapper._columntoproperty.items()}  # noqa: SLF001
+
+
+def table_to_equated(mapper: Mapper[Any], table: Table) -> Sequence[tuple[Mapper[Any], Any]]:
+    result: Sequence[tuple[Mapper[Any], Any]] = mapper._table_to_equated[table]  # noqa: SLF001
+    return result
+
+
+def readonly_props(mapper: Mapper[Any]) -> bool:
+    return bool(mapper._readonly_props)  # noqa: SLF001
+
+
+def has_insert_listeners(mapper: Mapper[Any]) -> bool:
+    d = mapper.dispatch
+    return bool(d.before_insert) or bool(d.after_insert)
+
+
+def has_refresh_flush_listeners(mapper: Mapper[Any]) -> bool:
+    return bool(mapper.class_manager.dispatch.refresh_flush)
+
+
+def is_context_free_callable(default: Any) -> bool:
+    """True for a callable column default that ignores its execution context.
+
+    ``ColumnDefault`` wraps zero-argument callables in a ``lambda ctx: fn()`` defined in
+    ``sql/schema.py``; a callable that takes the context itself is passed through as is.
+    """
+    fn = getattr(default, "arg", None)
+    code = getattr(fn, "__code__", None)
+    return code is not None and code.co_filename == sa_schema.__file__
+
+
+def bind_processor(column: Column[Any], dialect: Any) -> Callable[[Any], Any] | None:
+    proc: Callable[[Any], Any] | None = column.type._cached_bind_processor(dialect)  # noqa: SLF001
+    return proc
+
+
+def has_bind_expression(column: Column[Any]) -> bool:
+    return bool(column.type._has_bind_expression)  # noqa: SLF001
+
+
+def schema_translate_map(connection: Connection) -> Mapping[str | None, str | None] | None:
+    opts = connection.get_execution_options()
+    stm: Mapping[str | None, str | None] | None = opts.get("schema_translate_map")
+    return stm
+
+
+# --- driver access and error handling ----------------------------------------------------------
+
+
+def adapted_connection(connection: Connection) -> Any:
+    return connection.connection.dbapi_connection
+
+
+def ensure_transaction(connection: Connection) -> None:
+    """Make sure BEGIN has reached the server before raw driver calls.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily with its first statement; anything sent on
+    the raw connection before that would run in autocommit and survive a rollback.
+    """
+    adapted = adapted_connection(connection)
+    if getattr(adapted, "_transaction", None) is None and adapted.isolation_level != "autocommit":
+        try:
+            adapted.run_async(lambda _raw: adapted._start_transaction())  # noqa: SLF001
+        except Exception as err:  # pragma: no cover - BEGIN failing is a dead connection
+            raise_dbapi_error(connection, err, "BEGIN")
+
+
+def run_raw(connection: Connection, fn: Callable[[Any], Any], statement: str) -> Any:
+    """Await ``fn(asyncpg_connection)`` from sync code; errors become SQLAlchemy's."""
+    adapted = adapted_connection(connection)
+    try:
+        return adapted.run_async(fn)
+    except Exception as err:
+        raise_dbapi_error(connection, err, statement)
+
+
+def raise_dbapi_error(connection: Connection, err: BaseException, statement: str) -> NoReturn:
+    """Translate a raw asyncpg error exactly like a statement SQLAlchemy ran itself:
+    the adapter's DBAPI exception class, then ``Connection._handle_dbapi_exception``
+    (``IntegrityError``/``DBAPIError`` wrapping, disconnect detection, pool invalidation)."""
+    adapted = adapted_connection(connection)
+    translated: BaseException = err
+    try:
+        adapted._handle_exception(err)  # noqa: SLF001 - always raises
+    except Exception as t:
+        translated = t
+    connection._handle_dbapi_exception(translated, statement, None, None, None)  # noqa: SLF001
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- attribute access the unit of work uses to synchronize keys --------------------------------
+
+
+def get_by_column(state: InstanceState[Any], column: Column[Any]) -> Any:
+    """A state's value for a mapped column, loading it if expired (``sync.populate``'s read)."""
+    mapper = state.manager.mapper
+    return mapper._get_state_attr_by_column(  # noqa: SLF001
+        state, state.dict, column, passive=PassiveFlag.PASSIVE_OFF
+    )
+
+
+def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:
+    key: str = state.manager.mapper._columntoproperty[column].key  # noqa: SLF001
+    return key
+
+
+def set_attr(state: InstanceState[Any], key: str, value: Any) -> None:
+    """Set through the attribute implementation, firing attribute events like ``sync``."""
+    state.manager[key].impl.set(state, state.dict, value, None)

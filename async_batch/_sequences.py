@@ -1,0 +1,224 @@
+"""Where a table's ids come from, and fetching many of them in one round trip.
+
+Sequences are found in the catalog (``pg_get_serial_sequence`` covers SERIAL and IDENTITY) or
+from the Column's own ``Sequence`` -- never guessed from the table name. The id-fetching query
+names tables and sequences only as *bound text values* that the server resolves at execution
+time, so ``search_path`` changes and ``schema_translate_map`` tenants always draw from their
+own sequence; only the yes/no eligibility answer is cached, keyed by engine and by the
+effective (translated) table reference.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Identity, Integer, Table
+from sqlalchemy import Sequence as SASequence
+from sqlalchemy.engine import Connection, Engine
+
+from . import _sa
+from ._report import logger
+
+
+@dataclass(frozen=True)
+class IdSource:
+    """How to obtain new values for one integer primary-key column."""
+
+    table_ref: str
+    """Quoted, schema-translated table name as the server should parse it."""
+    column: str
+    sequence_ref: str | None
+    """Quoted explicit sequence name, or None to ask ``pg_get_serial_sequence``."""
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        return (self.table_ref, self.column, self.sequence_ref)
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """Catalog facts about a table, looked up once per engine and effective name."""
+
+    id_ok: bool
+    id_reason: str | None
+    identity_always: bool
+    column_types: Mapping[str, str]
+    """column name -> ``format_type`` (for unnest array casts)."""
+    array_columns: frozenset[str]
+    defaulted_columns: frozenset[str]
+    """Columns for which "omitted from the INSERT" differs from NULL (DEFAULT, identity,
+    generated, domain default)."""
+
+
+_LOOKUP_SQL = """
+SELECT
+  s.seq,
+  CASE WHEN s.seq IS NULL THEN NULL
+       ELSE has_sequence_privilege(s.seq, 'USAGE') AND has_sequence_privilege(s.seq, 'UPDATE')
+  END AS priv,
+  (SELECT a.attidentity::text FROM pg_attribute a
+    WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped) AS ident,
+  (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS names,
+  (SELECT array_agg(format_type(a.atttypid, NULL) ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS types,
+  (SELECT array_agg(a.attname::text) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND t.typcategory = 'A') AS arrays,
+  (SELECT array_agg(a.attname::text) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+           OR (t.typtype = 'd' AND t.typdefault IS NOT NULL))) AS defaulted
+FROM (
+  SELECT CASE
+    WHEN $3::text IS NOT NULL THEN to_regclass($3::text)
+    WHEN EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass($1)
+                 AND a.attname = $2 AND NOT a.attisdropped)
+      THEN to_regclass(pg_get_serial_sequence($1, $2))
+  END AS seq
+) s
+"""
+
+# One fixed statement for any number of sequences and ids, prepared once per connection. Input
+# and output are plain text (JSON in, comma-separated ids out): array parameters or results
+# would make asyncpg introspect the array types on every new connection (6 more round trips).
+_PREFETCH_SQL = """
+SELECT (
+  SELECT string_agg(nextval(r.seq)::text, ',' ORDER BY g)
+  FROM generate_series(1, s.n) AS g
+)
+FROM ROWS FROM (json_to_recordset($1::text::json) AS (seqname text, tbl text, col text, n int))
+  WITH ORDINALITY AS s(seqname, tbl, col, n, ord)
+CROSS JOIN LATERAL (
+  SELECT coalesce(s.seqname, pg_get_serial_sequence(s.tbl, s.col))::regclass AS seq
+) r
+ORDER BY s.ord
+"""
+
+_lock = threading.Lock()
+_meta_cache: weakref.WeakKeyDictionary[Engine, dict[tuple[Any, ...], TableMeta]] = (
+    weakref.WeakKeyDictionary()
+)
+_warned: set[tuple[Any, ...]] = set()
+
+
+def effective_schema(schema: str | None, connection: Connection) -> str | None:
+    stm = _sa.schema_translate_map(connection)
+    if stm and schema in stm:
+        return stm[schema]
+    return schema
+
+
+def qualified(connection: Connection, schema: str | None, name: str) -> str:
+    prep = connection.dialect.identifier_preparer
+    if schema:
+        return f"{prep.quote_schema(schema)}.{prep.quote(name)}"
+    return prep.quote(name)
+
+
+def is_integer_column(col: Column[Any]) -> bool:
+    try:
+        return isinstance(col.type, Integer)
+    except Exception:  # pragma: no cover - exotic types
+        return False
+
+
+def id_column_kind(table: Table, col: Column[Any]) -> str | None:
+    """``sequence``/``identity``/``serial`` when ``col`` is database-generated from a
+    sequence; ``None`` otherwise."""
+    if not is_integer_column(col):
+        return None
+    if isinstance(col.default, SASequence):
+        return "sequence"
+    if col.identity is not None or isinstance(col.server_default, Identity):
+        return "identity"
+    if col.server_default is not None or col.default is not None:
+        return None
+    if table.autoincrement_column is col:
+        return "serial"
+    return None
+
+
+def id_source(connection: Connection, table: Table, col: Column[Any]) -> IdSource:
+    schema = effective_schema(table.schema, connection)
+    tref = qualified(connection, schema, table.name)
+    seq_ref = None
+    if isinstance(col.default, SASequence):
+        seq = col.default
+        seq_schema = effective_schema(seq.schema, connection)
+        seq_ref = qualified(connection, seq_schema, seq.name)
+    return IdSource(tref, col.name, seq_ref)
+
+
+def table_meta(connection: Connection, table: Table, id_col: Column[Any] | None) -> TableMeta:
+    """Catalog facts for ``table`` under this connection's effective schema (cached)."""
+    src = id_source(connection, table, id_col) if id_col is not None else None
+    tref = qualified(connection, effective_schema(table.schema, connection), table.name)
+    key = (tref, src.key if src else None)
+    engine = connection.engine
+    with _lock:
+        cached = _meta_cache.get(engine, {}).get(key)
+    if cached is not None:
+        return cached
+    row = connection.exec_driver_sql(
+        _LOOKUP_SQL, (tref, src.column if src else "", src.sequence_ref if src else None)
+    ).one()
+    seq, priv, ident, names, types, arrays, defaulted = row
+    id_reason = None
+    if src is None:
+        id_reason = "no database-generated integer primary key"
+    elif seq is None:
+        id_reason = (
+            f"no sequence found for {tref}.{src.column} in the catalog "
+            "(not SERIAL/IDENTITY and no Sequence on the Column)"
+        )
+    elif not priv:
+        id_reason = f"no USAGE/UPDATE privilege on sequence {seq} for the current role"
+        wkey = (str(engine.url), tref, "priv")
+        if wkey not in _warned:
+            _warned.add(wkey)
+            warnings.warn(
+                f"async_batch: {id_reason}; ids for {tref} are left to the native flush",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    meta = TableMeta(
+        id_ok=id_reason is None,
+        id_reason=id_reason,
+        identity_always=ident == "a",
+        column_types=dict(zip(names or (), types or (), strict=True)),
+        array_columns=frozenset(arrays or ()),
+        defaulted_columns=frozenset(defaulted or ()),
+    )
+    with _lock:
+        _meta_cache.setdefault(engine, {})[key] = meta
+    logger.debug("catalog lookup %s: %s", tref, meta)
+    return meta
+
+
+def prefetch(connection: Connection, requests: Sequence[tuple[IdSource, int]]) -> list[list[int]]:
+    """Fetch ``n`` new values from each source in one round trip; values ascend per source
+    in the order the server hands them out (never assumed contiguous)."""
+    if not requests:
+        return []
+    spec = json.dumps(
+        [
+            {"seqname": src.sequence_ref, "tbl": src.table_ref, "col": src.column, "n": n}
+            for src, n in requests
+        ]
+    )
+    result = connection.exec_driver_sql(_PREFETCH_SQL, (spec,))
+    return [[int(v) for v in r[0].split(",")] if r[0] else [] for r in result]
+
+
+def clear_cache() -> None:
+    """Forget cached catalog lookups (after DDL that changes tables or sequences)."""
+    with _lock:
+        _meta_cache.clear()
+        _warned.clear()

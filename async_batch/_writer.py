@@ -1,0 +1,145 @@
+"""Send one table's rows in one go, on the session's own connection and transaction.
+
+Three strategies behind one function:
+
+- ``executemany``: ``INSERT ... VALUES ($1, ...)`` through asyncpg's pipelined executemany
+  (one Sync for all rows; each row is its own statement, so self-referencing rows are sent
+  parents first).
+- ``unnest``: one fixed ``INSERT ... SELECT * FROM unnest($1::t[], ...)`` statement for any
+  number of rows (prepared once). Arrays are cast to the column's unconstrained base type so
+  that the INSERT's assignment, not the cast, enforces lengths (a ``varchar(20)[]`` cast would
+  silently truncate). Can return server defaults.
+- ``copy``: binary COPY (``copy_records_to_table``); its column-type introspection is a
+  prepared statement asyncpg caches per connection, so a warm COPY is one round trip.
+
+Statements the writer sends through SQLAlchemy (unnest, executemany) get SQLAlchemy's error
+handling directly; COPY errors are translated by ``_sa.raise_dbapi_error`` the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from . import _sa
+
+STRATEGIES = ("auto", "copy", "unnest", "executemany")
+
+# Crossovers measured with bench/ (see README): below ~AUTO_SMALL rows one unnest statement
+# beats COPY's extra protocol steps; above, COPY wins.
+AUTO_SMALL = 48
+
+
+@dataclass
+class TableJob:
+    table_ref: str
+    schema: str | None
+    name: str
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    returning: list[str]
+    column_types: dict[str, str]
+    array_columns: frozenset[str]
+    overriding: bool
+    """GENERATED ALWAYS identity: explicit ids need OVERRIDING SYSTEM VALUE (COPY takes them)."""
+    self_ref: list[tuple[int, int]] | None = None
+    """For executemany: (pk index, fk index) pairs of self-referencing foreign keys."""
+
+
+def choose(job: TableJob, forced: str) -> str:
+    can_unnest = not (set(job.columns) & job.array_columns) and all(
+        c in job.column_types for c in job.columns
+    )
+    if job.returning:
+        # COPY cannot return rows.
+        if forced == "executemany" or not can_unnest:
+            return "executemany"
+        return "unnest"
+    if forced != "auto":
+        if forced == "unnest" and not can_unnest:
+            return "copy"
+        return forced
+    if len(job.rows) < AUTO_SMALL and can_unnest:
+        return "unnest"
+    return "copy"
+
+
+def _quote(connection: Connection, name: str) -> str:
+    return str(connection.dialect.identifier_preparer.quote(name))
+
+
+def write(connection: Connection, job: TableJob, strategy: str) -> list[Any]:
+    """Write the job's rows; return RETURNING rows (if any), in no particular order."""
+    cols = ", ".join(_quote(connection, c) for c in job.columns)
+    overriding = " OVERRIDING SYSTEM VALUE" if job.overriding else ""
+    ret = ""
+    if job.returning:
+        ret = " RETURNING " + ", ".join(_quote(connection, c) for c in job.returning)
+    if strategy == "unnest":
+        casts = ", ".join(
+            f"${i}::{job.column_types[c]}[]" for i, c in enumerate(job.columns, start=1)
+        )
+        sql = f"INSERT INTO {job.table_ref} ({cols}){overriding} SELECT * FROM unnest({casts}){ret}"
+        arrays = tuple(list(col) for col in zip(*job.rows, strict=True)) if job.rows else ()
+        result = connection.exec_driver_sql(sql, arrays)
+        return list(result.fetchall()) if job.returning else []
+    if strategy == "executemany":
+        params = ", ".join(f"${i}" for i in range(1, len(job.columns) + 1))
+        sql = f"INSERT INTO {job.table_ref} ({cols}){overriding} VALUES ({params}){ret}"
+        rows = _parents_first(job.rows, job.self_ref) if job.self_ref else job.rows
+        if job.returning:
+            _sa.ensure_transaction(connection)
+            fetched = _sa.run_raw(connection, lambda raw: raw.fetchmany(sql, rows), sql)
+            return [tuple(r) for r in fetched]
+        if len(rows) == 1:
+            connection.exec_driver_sql(sql, rows[0])
+        else:
+            connection.exec_driver_sql(sql, rows)
+        return []
+    if strategy == "copy":
+        _sa.ensure_transaction(connection)
+        stmt = f"COPY {job.table_ref} ({cols}) FROM STDIN (FORMAT binary)"
+        _sa.run_raw(
+            connection,
+            lambda raw: raw.copy_records_to_table(
+                job.name, records=job.rows, columns=job.columns, schema_name=job.schema
+            ),
+            stmt,
+        )
+        return []
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def _parents_first(
+    rows: Sequence[tuple[Any, ...]], pairs: Sequence[tuple[int, int]]
+) -> list[tuple[Any, ...]]:
+    """Order rows so that a row referencing another row of the batch comes after it."""
+    by_pk: dict[tuple[int, Any], int] = {}
+    for i, row in enumerate(rows):
+        for pk_i, _ in pairs:
+            by_pk[(pk_i, row[pk_i])] = i
+    out: list[tuple[Any, ...]] = []
+    state = [0] * len(rows)  # 0 new, 1 visiting, 2 done
+    for start in range(len(rows)):
+        if state[start]:
+            continue
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if expanded:
+                state[i] = 2
+                out.append(rows[i])
+                continue
+            if state[i]:
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for pk_i, fk_i in pairs:
+                ref = rows[i][fk_i]
+                j = by_pk.get((pk_i, ref)) if ref is not None else None
+                if j is not None and state[j] == 0:
+                    stack.append((j, False))
+    return out
