@@ -1,0 +1,104 @@
+"""Property-based differential suite: random object graphs over the zoo, native vs batched."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from sqlalchemy.ext.asyncio import create_async_engine
+from support import Run, assert_same, run_workload
+from workloads import build, spec_s
+from zoo import EXPLICIT_SEQUENCES, Author, Base, reset_codes
+
+from async_batch.testing import sqlalchemy_url
+
+MODES: list[tuple[str, dict[str, Any]]] = [
+    ("auto", {}),
+    ("copy", {"strategy": "copy"}),
+    ("unnest", {"strategy": "unnest"}),
+    ("executemany", {"strategy": "executemany"}),
+    ("prefetch-only", {"fast_path": False}),
+]
+
+
+def make_workload(spec: dict[str, Any]) -> Any:
+    async def workload(run: Run) -> None:
+        s = run.session
+        persistent = []
+        if spec["use_persistent"]:
+            persistent = [await s.get(Author, 1)]
+        created, top = build(spec, persistent)
+        run.track(*created)
+        if spec["flush_midway"] and len(top) > 1:
+            half = len(top) // 2
+            s.add_all(top[:half])
+            await s.flush()
+            run.snapshot("flush 1")
+            s.add_all(top[half:])
+        else:
+            s.add_all(top)
+        await s.flush()
+        run.snapshot("flush")
+        await s.commit()
+        run.snapshot("commit")
+
+    return workload
+
+
+async def setup(session: Any) -> None:
+    session.add(Author(name="existing", score=5))
+
+
+@pytest.fixture
+def zoo_dsn(database_dsn: str) -> str:
+    async def create() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_dsn))
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        await engine.dispose()
+
+    asyncio.run(create())
+    return database_dsn
+
+
+async def compare(dsn: str, spec: dict[str, Any]) -> None:
+    engine = create_async_engine(sqlalchemy_url(dsn))
+    try:
+        kw = {
+            "metadata": Base.metadata,
+            "sequences": EXPLICIT_SEQUENCES,
+            "setup": setup,
+            "before_run": reset_codes,
+        }
+        native = await run_workload(engine, make_workload(spec), batching=None, **kw)
+        for label, options in MODES:
+            other = await run_workload(engine, make_workload(spec), batching=options, **kw)
+            assert_same(native, other, label)
+    finally:
+        await engine.dispose()
+
+
+# Each example runs the workload six times against a real server (~0.3 s): the default profile
+# keeps the suite short; `HYPOTHESIS_PROFILE=thorough` runs many more, with shrinking.
+settings.register_profile(
+    "default",
+    max_examples=int(os.environ.get("ASYNC_BATCH_EXAMPLES", "40")),
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@given(spec=spec_s)
+def test_random_graphs_match_native(zoo_dsn: str, spec: dict[str, Any]) -> None:
+    asyncio.run(compare(zoo_dsn, spec))
