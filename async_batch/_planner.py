@@ -14,17 +14,16 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Column, Table
 from sqlalchemy.orm import Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import instance_state
-from sqlalchemy.orm.base import PassiveFlag
-from sqlalchemy.orm.interfaces import MANYTOMANY
+from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
+from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql import ClauseElement
 
 from . import _sa
 from ._sequences import id_column_kind
@@ -276,51 +275,33 @@ def clear_cache() -> None:
 # --- per-flush classification ---------------------------------------------------------------
 
 
-def has_sql_values(state: InstanceState[Any], info: MapperInfo) -> bool:
-    d = state.dict
-    for ts in info.tables:
-        for spec in ts.columns:
-            v = d.get(spec.propkey)
-            if v is not None and (isinstance(v, ClauseElement) or hasattr(v, "__clause_element__")):
-                return True
-    return False
-
-
 def related_states(
-    state: InstanceState[Any], info: MapperInfo
-) -> Iterable[tuple[Relationship, InstanceState[Any] | None]]:
-    """(relationship, related state) for every related object a native flush would sync."""
-    d = state.dict
-    manager = state.manager
+    state: InstanceState[Any], info: MapperInfo, d: dict[str, Any] | None = None
+) -> list[tuple[Relationship, InstanceState[Any] | None]]:
+    """(relationship, related state) for every object in the relationship's added history --
+    what the unit of work's dependency processors synchronize keys for."""
+    if d is None:
+        d = state.dict
+    out: list[tuple[Relationship, InstanceState[Any] | None]] = []
+    committed = state.committed_state
     for rel in info.relationships:
-        if rel.key not in d:
+        key = rel.key
+        if key not in d:
             continue
-        hist = manager[rel.key].impl.get_history(state, d, PassiveFlag.PASSIVE_NO_INITIALIZE)
+        if committed.get(key, MISSING) is NO_VALUE:
+            # set on a pending object: the whole current value is "added" (the shortcut of
+            # History.from_object_attribute / from_collection for an original of NO_VALUE)
+            current = d[key]
+            if rel.direction is MANYTOONE:
+                out.append((rel, None if current is None else instance_state(current)))
+            else:
+                out.extend((rel, instance_state(obj)) for obj in current)
+            continue
+        impl = state.manager[key].impl
+        hist = impl.get_history(state, d, PassiveFlag.PASSIVE_NO_INITIALIZE)
         for obj in hist.added or ():
-            yield rel, (None if obj is None else instance_state(obj))
-
-
-@dataclass
-class Components:
-    """Union-find over states linked by relationships."""
-
-    parent: dict[InstanceState[Any], InstanceState[Any]] = field(default_factory=dict)
-
-    def find(self, s: InstanceState[Any]) -> InstanceState[Any]:
-        p = self.parent
-        root = s
-        while p.get(root, root) is not root:
-            root = p[root]
-        while s is not root:
-            nxt = p.get(s, s)
-            p[s] = root
-            s = nxt
-        return root
-
-    def union(self, a: InstanceState[Any], b: InstanceState[Any]) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra is not rb:
-            self.parent[ra] = rb
+            out.append((rel, None if obj is None else instance_state(obj)))
+    return out
 
 
 def group_by_signature(states: Sequence[InstanceState[Any]]) -> list[InstanceState[Any]]:

@@ -47,6 +47,8 @@ class FlushReport:
     prefetch_round_trips: int = 0
     tables: list[TableWrite] = field(default_factory=list)
     fallbacks: list[Fallback] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per step inside the flush (plan, prefetch, rows, write, native, adopt)."""
 
     @property
     def statements(self) -> int:

@@ -100,7 +100,11 @@ def has_connection_callable(session: Session) -> bool:
     return session.connection_callable is not None
 
 
-def register_persistent(session: Session, states: Sequence[InstanceState[Any]]) -> None:
+def register_persistent(
+    session: Session,
+    states: Sequence[InstanceState[Any]],
+    dicts: Mapping[InstanceState[Any], dict[str, Any]],
+) -> None:
     """Make written states persistent exactly as ``Session._register_persistent`` does
     (identity key and map, committed state, transaction bookkeeping,
     ``pending_to_persistent``), inlined for pending states whose keys are new to the map;
@@ -126,10 +130,10 @@ def register_persistent(session: Session, states: Sequence[InstanceState[Any]]) 
                 mapper._identity_class,  # noqa: SLF001
                 [p.key for p in mapper._identity_key_props],  # noqa: SLF001
             )
-        d = state.dict
+        d = dicts[state]
         ident = tuple([d.get(k) for k in kp[1]])
         key = (kp[0], ident, state.identity_token)
-        if state.key is not None or key in id_dict or None in ident or state.obj() is None:
+        if state.key is not None or key in id_dict or None in ident:
             slow.add(state)
             continue
         state.key = key
@@ -141,7 +145,9 @@ def register_persistent(session: Session, states: Sequence[InstanceState[Any]]) 
         sd = state.__dict__
         if "_pending_mutations" in sd:
             del sd["_pending_mutations"]
-        state.expired_attributes.difference_update(d)
+        expired = state.expired_attributes
+        if expired:
+            expired.difference_update(d)
         if state.modified:
             modified.discard(state)
         state.modified = state.expired = False
@@ -326,9 +332,11 @@ def raise_dbapi_error(connection: Connection, err: BaseException, statement: str
 def get_by_column(state: InstanceState[Any], column: Column[Any]) -> Any:
     """A state's value for a mapped column, loading it if expired (``sync.populate``'s read)."""
     mapper = state.manager.mapper
-    return mapper._get_state_attr_by_column(  # noqa: SLF001
-        state, state.dict, column, passive=PassiveFlag.PASSIVE_OFF
-    )
+    key = mapper._columntoproperty[column].key  # noqa: SLF001
+    d = state.dict
+    if key in d:
+        return d[key]
+    return state.manager[key].impl.get(state, d, passive=PassiveFlag.PASSIVE_OFF)
 
 
 def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:
@@ -336,6 +344,12 @@ def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:
     return key
 
 
-def set_attr(state: InstanceState[Any], key: str, value: Any) -> None:
-    """Set through the attribute implementation, firing attribute events like ``sync``."""
-    state.manager[key].impl.set(state, state.dict, value, None)
+def set_attr(state: InstanceState[Any], d: dict[str, Any], key: str, value: Any) -> None:
+    """Set a value the way ``sync.populate`` does (through the attribute implementation, so
+    attribute events and validators fire). Without listeners the end state after the flush is
+    the same as a plain dict write, which is all we do then."""
+    impl = state.manager[key].impl
+    if impl.dispatch.set:
+        impl.set(state, d, value, None)
+    else:
+        d[key] = value

@@ -88,16 +88,18 @@ FROM (
 # One fixed statement for any number of sequences and ids, prepared once per connection. Input
 # and output are plain text (JSON in, comma-separated ids out): array parameters or results
 # would make asyncpg introspect the array types on every new connection (6 more round trips).
+# MATERIALIZED resolves each sequence once; inlined, the lookup would run once per id. The
+# aggregate's ORDER BY keeps ids in the order nextval handed them out.
 _PREFETCH_SQL = """
-SELECT (
-  SELECT string_agg(nextval(r.seq)::text, ',' ORDER BY g)
-  FROM generate_series(1, s.n) AS g
+WITH s AS MATERIALIZED (
+  SELECT j.ord, j.n, coalesce(j.seqname, pg_get_serial_sequence(j.tbl, j.col))::regclass AS seq
+  FROM ROWS FROM (json_to_recordset($1::text::json) AS (seqname text, tbl text, col text, n int))
+    WITH ORDINALITY AS j(seqname, tbl, col, n, ord)
 )
-FROM ROWS FROM (json_to_recordset($1::text::json) AS (seqname text, tbl text, col text, n int))
-  WITH ORDINALITY AS s(seqname, tbl, col, n, ord)
-CROSS JOIN LATERAL (
-  SELECT coalesce(s.seqname, pg_get_serial_sequence(s.tbl, s.col))::regclass AS seq
-) r
+SELECT (
+  SELECT string_agg(nextval(s.seq)::text, ',' ORDER BY g) FROM generate_series(1, s.n) AS g
+)
+FROM s
 ORDER BY s.ord
 """
 

@@ -1,0 +1,127 @@
+"""Benchling workload 2: validate 1,000 existing sequences and write 2,000 result rows.
+
+The sequences exist before the run (inserted once per case, untimed). Each run reads them
+(the ORM loads the objects; the other methods read ``(id, bases)`` rows), runs two checks per
+sequence, and writes one result row per check, pointing at its sequence. Reading is part of
+the end-to-end time and not of the commit phase.
+
+Run alone: ``python -m bench.scenarios.benchling_validate [--quick] [--repeat N] ...``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from bench._scenario import Case, Phase, Scenario, raw_transaction
+from bench.scenarios._benchling import (
+    INSERT_RESULT,
+    RESULT,
+    RESULT_COLUMNS,
+    SELECT_SEQUENCES,
+    SEQUENCE,
+    Base,
+    DnaSequence,
+    ValidationResult,
+    load_sequences,
+    validate,
+)
+
+CHECKS = 2
+
+
+class BenchlingValidate(Scenario):
+    name = "benchling_validate"
+    title = "Benchling validate"
+    description = "read 1,000 existing sequences, write 2 validation results each (FK to them)"
+    metadata = Base.metadata
+    written_tables = ("validation_result",)
+
+    def cases(self, quick: bool) -> list[Case]:
+        n = 1_000
+        return [
+            Case(
+                scenario=self.name,
+                key=self.name,
+                title=f"Benchling validate: {n:,} existing sequences -> {n * CHECKS:,} results",
+                rows=n * CHECKS,
+                size=n,
+                repeats=9,
+            )
+        ]
+
+    async def prepare(self, con: asyncpg.Connection, case: Case) -> None:
+        await load_sequences(con, case.size)
+
+    def expected_rows(self, case: Case) -> dict[str, int]:
+        return {"validation_result": case.size * CHECKS, "dna_sequence": case.size}
+
+    async def orm_objects(self, session: AsyncSession, case: Case) -> Sequence[Any]:
+        sequences = (await session.scalars(select(DnaSequence).order_by(DnaSequence.id))).all()
+        results = []
+        for seq in sequences:
+            for check, passed, message in validate(seq.bases):
+                results.append(
+                    ValidationResult(sequence=seq, check=check, passed=passed, message=message)
+                )
+        return results
+
+    async def orm_bulk(self, session: AsyncSession, case: Case, phase: Phase) -> None:
+        rows = (
+            await session.execute(
+                select(DnaSequence.id, DnaSequence.bases).order_by(DnaSequence.id)
+            )
+        ).all()
+        results = [
+            {"sequence_id": sid, "check": c, "passed": p, "message": m}
+            for sid, bases in rows
+            for c, p, m in validate(bases)
+        ]
+        with phase.commit():
+            await session.execute(insert(ValidationResult), results)
+            await session.commit()
+
+    async def core(self, conn: AsyncConnection, case: Case, phase: Phase) -> None:
+        rows = (
+            await conn.execute(select(SEQUENCE.c.id, SEQUENCE.c.bases).order_by(SEQUENCE.c.id))
+        ).all()
+        results = [
+            {"sequence_id": sid, "check": c, "passed": p, "message": m}
+            for sid, bases in rows
+            for c, p, m in validate(bases)
+        ]
+        with phase.commit():
+            await conn.execute(RESULT.insert(), results)
+            await conn.commit()
+
+    @staticmethod
+    def _records(rows: list[Any]) -> list[tuple[Any, ...]]:
+        return [(r[0], c, p, m) for r in rows for c, p, m in validate(r[1])]
+
+    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
+        async with raw_transaction(con) as tr:
+            records = self._records(await con.fetch(SELECT_SEQUENCES))
+            with phase.commit():
+                await con.executemany(INSERT_RESULT, records)
+                await tr.commit()
+
+    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
+        async with raw_transaction(con) as tr:
+            records = self._records(await con.fetch(SELECT_SEQUENCES))
+            with phase.commit():
+                await con.copy_records_to_table(
+                    "validation_result", records=records, columns=RESULT_COLUMNS
+                )
+                await tr.commit()
+
+
+SCENARIO = BenchlingValidate()
+
+if __name__ == "__main__":
+    from bench.__main__ import run_scenario_module
+
+    run_scenario_module(SCENARIO.name)
