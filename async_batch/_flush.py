@@ -107,6 +107,7 @@ class FlushRun:
         self._undo: list[tuple[InstanceState[Any], str, Any]] = []
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
+        self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
         self._t0 = time.perf_counter()
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ class FlushRun:
     def finalize(self, native_finalize: Callable[[], None]) -> None:
         self._mark("native")
         with _gc_paused(self.options.pause_gc):
+            _sa.release_states(self.ctx, self.fast)
             native_finalize()
             _sa.register_persistent(self.session, self.fast, self._dicts)
         self._mark("adopt")
@@ -191,9 +193,6 @@ class FlushRun:
             return
 
         fast_ok = self.options.fast_path
-        if fast_ok and _sa.has_dirty_or_deleted(session):
-            fast_ok = False
-            self._fallback("flush", "flush also updates or deletes objects", len(states))
 
         infos: dict[Any, MapperInfo] = {}
         metas: dict[Table, TableMeta] = {}
@@ -243,7 +242,8 @@ class FlushRun:
         self._mark("candidates")
         # 2. a group of linked new objects is written by one side only
         links = self._links
-        if candidate and any(i.relationships for i in infos.values()):
+        persistent = _sa.registered_persistent_states(self.ctx) if candidate else []
+        if candidate and (persistent or any(i.relationships for i in infos.values())):
             registered = self.ctx.states
             bad: set[InstanceState[Any]] = {s for s in states if s not in candidate}
             for m, sts in by_mapper.items():
@@ -264,6 +264,33 @@ class FlushRun:
                         elif rel.direction is ONETOMANY:
                             bad.add(st)
                             reasons.setdefault(m, f"{rel.prop} moves a persistent object")
+                        elif rel.direction is MANYTOMANY and other in registered:
+                            # the other side is being updated: its own dependency processor
+                            # may write this association row
+                            bad.add(st)
+                            reasons.setdefault(m, f"{rel.prop} links to an updated object")
+            # persistent objects this flush updates or deletes, and new objects they point to
+            for pst, isdelete in persistent:
+                pm = pst.manager.mapper
+                pinfo = infos.get(pm)
+                if pinfo is None:
+                    pinfo = infos[pm] = mapper_info(pm, dialect)
+                if not pinfo.relationships:
+                    continue
+                for rel, other in related_states(pst, pinfo, pending=True):
+                    if other is None or other not in candidate:
+                        continue
+                    if isdelete or rel.direction is MANYTOMANY:
+                        bad.add(other)
+                        reasons.setdefault(
+                            other.manager.mapper,
+                            f"linked along {rel.prop} to an object this flush "
+                            + ("deletes" if isdelete else "updates"),
+                        )
+                    elif rel.direction is ONETOMANY:
+                        # a persistent parent's collection gained this object: its key comes
+                        # from the parent (the native processor will set the same value)
+                        self._parents.append((rel, pst, other))
             if bad:
                 # badness spreads to every new object linked to a bad one, either direction
                 adjacent: dict[InstanceState[Any], list[InstanceState[Any]]] = defaultdict(list)
@@ -363,7 +390,7 @@ class FlushRun:
                 _sa.expire_attributes(st, keys)
 
         self._mark("write")
-        _sa.unregister_states(self.ctx, fast)
+        _sa.withhold_states(self.ctx, fast)
         self.fast = fast
         report.accelerated = len(fast)
 
@@ -426,10 +453,18 @@ class FlushRun:
         if not need:
             return
         for _src, sts in need.values():
+            # fast and native objects may share a sequence: number them all in insert order
+            sts.sort(key=_sa.insert_order)
             if infos[sts[0].manager.mapper].self_referential:
                 # the unit of work inserts a self-referencing mapper level by level (parents
                 # first), numbering rows in that order: hand out ids the same way
-                depth = _depths(sts, infos, self._links)
+                base = sts[0].manager.mapper.base_mapper
+                in_flush = [
+                    st
+                    for st, (isdelete, listonly) in self.ctx.states.items()
+                    if not isdelete and not listonly and st.manager.mapper.base_mapper is base
+                ]
+                depth = _depths(in_flush, infos, self._links, conn.dialect)
                 sts.sort(key=lambda st: (depth.get(st, 0), _sa.insert_order(st)))
         requests = [(src, len(sts)) for src, sts in need.values()]
         values = _sequences.prefetch(conn, requests)
@@ -471,6 +506,11 @@ class FlushRun:
         seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
         get = _sa.get_by_column
         keyof = _sa.propkey_for
+        fast_set = set(fast)
+        for rel, parent, child in self._parents:
+            if child in fast_set:
+                for left, r in rel.pairs:
+                    self._set(child, keyof(child, r), get(parent, left))
         for st in fast:
             info = infos[st.manager.mapper]
             # inherited primary keys under another attribute name
@@ -789,16 +829,21 @@ def _depths(
     states: list[InstanceState[Any]],
     infos: dict[Any, MapperInfo],
     links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]],
+    dialect: Any,
 ) -> dict[InstanceState[Any], int]:
-    """Depth of each state in the self-referential parent/child graph of this flush."""
+    """Depth of each state in the self-referential parent/child graph of the states the
+    unit of work saves in this flush (new and updated alike: both are levels of its sort)."""
     members = set(states)
     parent: dict[InstanceState[Any], InstanceState[Any]] = {}
     for st in states:
-        info = infos[st.manager.mapper]
-        base = st.manager.mapper.base_mapper
+        m = st.manager.mapper
+        info = infos.get(m)
+        if info is None:
+            info = infos[m] = mapper_info(m, dialect)
+        base = m.base_mapper
         found = links.get(st)
         if found is None:
-            found = links[st] = related_states(st, info)
+            found = links[st] = related_states(st, info, pending=st.key is not None)
         for rel, other in found:
             if other is None or other not in members:
                 continue

@@ -276,17 +276,28 @@ def clear_cache() -> None:
 
 
 def related_states(
-    state: InstanceState[Any], info: MapperInfo, d: dict[str, Any] | None = None
+    state: InstanceState[Any],
+    info: MapperInfo,
+    d: dict[str, Any] | None = None,
+    pending: bool = False,
 ) -> list[tuple[Relationship, InstanceState[Any] | None]]:
     """(relationship, related state) for every object in the relationship's added history --
-    what the unit of work's dependency processors synchronize keys for."""
+    what the unit of work's dependency processors synchronize keys for. ``pending`` includes
+    appends queued on unloaded collections of persistent objects."""
     if d is None:
         d = state.dict
     out: list[tuple[Relationship, InstanceState[Any] | None]] = []
     committed = state.committed_state
+    passive = PassiveFlag.PASSIVE_NO_INITIALIZE
+    if pending:
+        passive |= PassiveFlag.INCLUDE_PENDING_MUTATIONS
     for rel in info.relationships:
         key = rel.key
         if key not in d:
+            if pending and "_pending_mutations" in state.__dict__:
+                hist = state.manager[key].impl.get_history(state, d, passive)
+                for obj in hist.added or ():
+                    out.append((rel, None if obj is None else instance_state(obj)))
             continue
         if committed.get(key, MISSING) is NO_VALUE:
             # set on a pending object: the whole current value is "added" (the shortcut of
@@ -298,7 +309,7 @@ def related_states(
                 out.extend((rel, instance_state(obj)) for obj in current)
             continue
         impl = state.manager[key].impl
-        hist = impl.get_history(state, d, PassiveFlag.PASSIVE_NO_INITIALIZE)
+        hist = impl.get_history(state, d, passive)
         for obj in hist.added or ():
             out.append((rel, None if obj is None else instance_state(obj)))
     return out

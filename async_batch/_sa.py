@@ -52,10 +52,6 @@ def pending_states(session: Session) -> Iterable[InstanceState[Any]]:
     return session._new.keys()  # noqa: SLF001
 
 
-def has_dirty_or_deleted(session: Session) -> bool:
-    return bool(session._deleted) or bool(session.identity_map._modified)  # noqa: SLF001
-
-
 def registered_new_states(flush_context: Any) -> list[InstanceState[Any]]:
     """States the unit of work will INSERT (registered, not delete, not list-only)."""
     return [
@@ -65,13 +61,31 @@ def registered_new_states(flush_context: Any) -> list[InstanceState[Any]]:
     ]
 
 
-def unregister_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
-    """Take states out of the unit of work so that its save/dependency actions skip them."""
+def withhold_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
+    """Keep written states registered (so a dependency processor that cascades to them finds
+    them already there instead of registering them again) but out of every per-mapper set the
+    save and dependency actions iterate, so the unit of work never writes them."""
     uow_states = flush_context.states
     mappers = flush_context.mappers
     for st in states:
-        del uow_states[st]
+        uow_states[st] = (False, True)
         mappers[st.manager.mapper].discard(st)
+
+
+def release_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
+    """Drop withheld states before the unit of work finalizes its own."""
+    uow_states = flush_context.states
+    for st in states:
+        uow_states.pop(st, None)
+
+
+def registered_persistent_states(flush_context: Any) -> list[tuple[InstanceState[Any], bool]]:
+    """(state, is_delete) for every persistent object the unit of work will UPDATE/DELETE."""
+    return [
+        (st, isdelete)
+        for st, (isdelete, listonly) in flush_context.states.items()
+        if not listonly and st.key is not None
+    ]
 
 
 def wrap_flush_context(

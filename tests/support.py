@@ -174,6 +174,8 @@ async def run_workload(
     expire_on_commit: bool = True,
 ) -> Outcome:
     await reset_db(engine, metadata, sequences)
+    if before_run is not None:
+        before_run()
     if setup is not None:
         async with AsyncSession(engine) as s:
             await setup(s)

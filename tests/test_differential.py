@@ -119,6 +119,35 @@ CASES = {
             }
         ],
     ),
+    "modified_and_new": spec(
+        modify_persistent=True,
+        use_persistent=True,
+        authors=[{"name": "n", "nickname": U, "score": U}],
+        books=[
+            {
+                "fields": {"title": "t", "pages": U, "status": U},
+                "author": 0,
+                "via": "m2o",
+                "tags": [],
+            }
+        ],
+    ),
+    "deleted_and_new": spec(
+        delete_persistent=True, widgets=[{"name": "w", "size": U, "price": U, "meta": U}]
+    ),
+    "existing_tag": spec(
+        tag_existing=True,
+        books=[
+            {
+                "fields": {"title": "t", "pages": U, "status": U},
+                "author": None,
+                "via": "m2o",
+                "tags": [],
+            }
+        ],
+    ),
+    "shelf_without_backref": spec(shelf_items=["a", "b", "c"]),
+    "existing_tree": spec(existing_node_children=2),
     "midway": spec(
         flush_midway=True,
         authors=[{"name": "a", "nickname": U, "score": U}],
@@ -128,8 +157,8 @@ CASES = {
 }
 
 
-# a persistent object whose collection gains new objects is an UPDATE: the flush stays native
-EXPECT_NATIVE = {"persistent_author"}
+# a new object linked many-to-many to an object the flush updates stays native
+EXPECT_NATIVE = {"existing_tag"}
 
 
 @pytest.fixture

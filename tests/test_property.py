@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import selectinload
 from support import Run, assert_same, run_workload
 from workloads import build, spec_s
-from zoo import EXPLICIT_SEQUENCES, Author, Base, reset_codes
+from zoo import EXPLICIT_SEQUENCES, Author, Base, Node, Shelf, Tag, Widget, reset_codes
 
 from async_batch.testing import sqlalchemy_url
 
@@ -28,9 +29,25 @@ def make_workload(spec: dict[str, Any]) -> Any:
     async def workload(run: Run) -> None:
         s = run.session
         persistent = []
-        if spec["use_persistent"]:
-            persistent = [await s.get(Author, 1)]
-        created, top = build(spec, persistent)
+        existing: dict[str, Any] = {}
+        if spec["use_persistent"] or spec.get("modify_persistent"):
+            author = await s.get(Author, 1)
+            persistent = [author]
+            if spec.get("modify_persistent"):
+                author.nickname = "changed"
+        if spec.get("tag_existing"):
+            existing["tag"] = await s.get(Tag, 1)
+        if spec.get("shelf_items"):
+            existing["shelf"] = await s.get(Shelf, 1, options=[selectinload(Shelf.items)])
+        created, top = build(spec, persistent if spec["use_persistent"] else [], existing)
+        if spec.get("existing_node_children"):
+            root = await s.get(Node, 1)
+            for i in range(spec["existing_node_children"]):
+                child = Node(name=f"under-root-{i}", parent=root)
+                created.append(child)
+                top.append(child)
+        if spec.get("delete_persistent"):
+            await s.delete(await s.get(Widget, 1))
         run.track(*created)
         if spec["flush_midway"] and len(top) > 1:
             half = len(top) // 2
@@ -49,7 +66,15 @@ def make_workload(spec: dict[str, Any]) -> Any:
 
 
 async def setup(session: Any) -> None:
-    session.add(Author(name="existing", score=5))
+    session.add_all(
+        [
+            Author(name="existing", score=5),
+            Tag(label="old"),
+            Shelf(label="old shelf"),
+            Node(name="old root"),
+            Widget(name="doomed"),
+        ]
+    )
 
 
 @pytest.fixture

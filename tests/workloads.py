@@ -19,6 +19,8 @@ from zoo import (
     Manager,
     Node,
     NoReturnItem,
+    Shelf,
+    ShelfItem,
     SeniorEngineer,
     SeqItem,
     Tag,
@@ -34,7 +36,11 @@ def _kw(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v != UNSET}
 
 
-def build(spec: dict[str, Any], persistent: list[Any] | None = None) -> tuple[list[Any], list[Any]]:
+def build(
+    spec: dict[str, Any],
+    persistent: list[Any] | None = None,
+    existing: dict[str, Any] | None = None,
+) -> tuple[list[Any], list[Any]]:
     """Return (all created objects in creation order, top-level objects to add)."""
     created: list[Any] = []
     top: list[Any] = []
@@ -63,6 +69,22 @@ def build(spec: dict[str, Any], persistent: list[Any] | None = None) -> tuple[li
                 if tag not in book.tags:
                     book.tags.append(tag)
         top.append(book)
+    existing = existing or {}
+    if "tag" in existing and spec.get("tag_existing"):
+        for obj in top:
+            if isinstance(obj, Book):
+                obj.tags.append(existing["tag"])
+                break
+    for i, n in enumerate(spec.get("shelf_items", [])):
+        item = make(ShelfItem, title=n)
+        shelves = [existing["shelf"]] if "shelf" in existing else []
+        if i % 2 == 0 and shelves:
+            shelves[0].items.append(item)
+        else:
+            shelf = make(Shelf, label=f"s{i}")
+            shelf.items.append(item)
+            top.append(shelf)
+        top.append(item)
     nodes: list[Any] = []
     for n in spec.get("nodes", []):
         node = make(Node, name=n["name"])
@@ -178,5 +200,10 @@ spec_s = st.fixed_dictionaries(
         "seed": st.integers(0, 1000),
         "flush_midway": st.booleans(),
         "use_persistent": st.booleans(),
+        "modify_persistent": st.booleans(),
+        "delete_persistent": st.booleans(),
+        "tag_existing": st.booleans(),
+        "shelf_items": st.lists(names, max_size=4),
+        "existing_node_children": st.integers(0, 2),
     }
 )

@@ -180,6 +180,22 @@ class NoReturnItem(Base):
     flag: Mapped[bool | None]
 
 
+class Shelf(Base):
+    """A one-to-many without a backref: the child's key comes only from the parent side."""
+
+    __tablename__ = "shelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str]
+    items: Mapped[list[ShelfItem]] = relationship()
+
+
+class ShelfItem(Base):
+    __tablename__ = "shelf_item"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("shelf.id"))
+    title: Mapped[str]
+
+
 ALL_CLASSES = [
     Author,
     Book,
@@ -198,6 +214,8 @@ ALL_CLASSES = [
     IdentItem,
     SeqItem,
     NoReturnItem,
+    Shelf,
+    ShelfItem,
 ]
 
 EXPLICIT_SEQUENCES = ["unrelated_numbers"]
