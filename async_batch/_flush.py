@@ -43,15 +43,6 @@ from ._report import Fallback, FlushReport, TableWrite, logger, store
 from ._sequences import IdSource, TableMeta
 
 _MISSING = MISSING
-_PLAIN = frozenset({int, str, float, bool, bytes, type(None)})
-
-
-class _SqlValue(Exception):
-    """An attribute holds a SQL expression: this flush goes to the native path."""
-
-    def __init__(self, state: InstanceState[Any]) -> None:
-        super().__init__(state)
-        self.state = state
 
 
 @contextlib.contextmanager
@@ -66,8 +57,20 @@ def _gc_paused(enabled: bool) -> Iterator[None]:
         gc.enable()
 
 
-def _is_sql(v: Any) -> bool:
-    return isinstance(v, ClauseElement) or hasattr(v, "__clause_element__")
+_SQL_TYPES: dict[type, bool] = {}
+
+
+def _has_sql(d: dict[str, Any]) -> bool:
+    """Whether any attribute value is a SQL expression (decided once per value type)."""
+    known = _SQL_TYPES
+    for v in d.values():
+        t = type(v)
+        flag = known.get(t)
+        if flag is None:
+            flag = known[t] = issubclass(t, ClauseElement) or hasattr(t, "__clause_element__")
+        if flag:
+            return True
+    return False
 
 
 @dataclass
@@ -120,17 +123,6 @@ class FlushRun:
     def _execute(self, native_execute: Callable[[], None]) -> None:
         try:
             self._run()
-        except _SqlValue as sv:
-            # Found while building rows, before anything was written: hand the whole
-            # flush to the unit of work, with nothing of ours left on the objects.
-            self._revert()
-            n = len(_sa.registered_new_states(self.ctx))
-            self.report = FlushReport(native=n)
-            self._fallback(
-                sv.state.manager.mapper.class_.__name__,
-                "an attribute holds a SQL expression; whole flush left native",
-                n,
-            )
         except BaseException:
             self._revert()
             raise
@@ -221,6 +213,12 @@ class FlushRun:
             if info.fast_reason:
                 reasons.setdefault(m, info.fast_reason)
                 continue
+            sql = [st for st in sts if _has_sql(dicts[st])]
+            if sql:
+                # an attribute holds a SQL expression: only the unit of work can render it,
+                # and this must be known before any id is drawn from a sequence
+                reasons.setdefault(m, "an attribute is set to a SQL expression")
+                sts = [st for st in sts if st not in set(sql)]
             if info.id_propkey is not None:
                 assert info.id_table is not None
                 meta = metas[info.id_table]
@@ -667,8 +665,6 @@ class FlushRun:
             for propkey, _name, eval_none, bind, kind, dflt, orm_dflt in plan:
                 v = d.get(propkey, _MISSING)
                 if v is not _MISSING and (v is not None or eval_none):
-                    if type(v) not in _PLAIN and _is_sql(v):
-                        raise _SqlValue(st)
                     values.append(v if bind is None else bind(v))
                     continue
                 if orm_dflt is not _MISSING:

@@ -24,6 +24,7 @@ from sqlalchemy import MetaData, event, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.collections import InstrumentedList
+from sqlalchemy.sql import ClauseElement
 
 from async_batch import enable_async_batching, last_flush
 
@@ -57,6 +58,8 @@ def _value(v: Any, index: dict[int, int]) -> Any:
         return [_value(i, index) for i in items]
     if hasattr(v, "_sa_instance_state"):
         return ("obj", index.get(id(v), "?"))
+    if isinstance(v, ClauseElement):
+        return ("sql", type(v).__name__)
     return v
 
 

@@ -148,6 +148,14 @@ CASES = {
     ),
     "shelf_without_backref": spec(shelf_items=["a", "b", "c"]),
     "existing_tree": spec(existing_node_children=2),
+    "identity_always": spec(always=3),
+    "callable_pk": spec(tokens=3),
+    "explicit_ids": spec(explicit_ids=2, ident=2),
+    "association_object": spec(
+        authors=[{"name": "a", "nickname": U, "score": U}],
+        tags=[{"label": "x"}],
+        memberships=["owner"],
+    ),
     "midway": spec(
         flush_midway=True,
         authors=[{"name": "a", "nickname": U, "score": U}],

@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 from zoo import (
+    AlwaysItem,
     Author,
     Book,
     Car,
@@ -17,6 +18,7 @@ from zoo import (
     IdentItem,
     LazyGadget,
     Manager,
+    Membership,
     Node,
     NoReturnItem,
     SeniorEngineer,
@@ -24,6 +26,7 @@ from zoo import (
     Shelf,
     ShelfItem,
     Tag,
+    Token,
     Truck,
     Vehicle,
     Widget,
@@ -114,6 +117,17 @@ def build(
     top += [make(IdentItem, name=f"i{i}") for i in range(spec.get("ident", 0))]
     top += [make(SeqItem, name=f"s{i}") for i in range(spec.get("seq", 0))]
     top += [make(NoReturnItem, **_kw(n)) for n in spec.get("noreturn", [])]
+    top += [make(AlwaysItem, name=f"a{i}") for i in range(spec.get("always", 0))]
+    top += [make(Token, label=f"t{i}") for i in range(spec.get("tokens", 0))]
+    for i, role in enumerate(spec.get("memberships", [])):
+        if authors and tags:
+            top.append(
+                make(
+                    Membership, author=authors[i % len(authors)], tag=tags[i % len(tags)], role=role
+                )
+            )
+    for i in range(spec.get("explicit_ids", 0)):
+        top.append(make(IdentItem, id=1000 + i, name=f"explicit{i}"))
     random.Random(spec.get("seed", 0)).shuffle(top)
     return created, top
 
@@ -205,5 +219,9 @@ spec_s = st.fixed_dictionaries(
         "tag_existing": st.booleans(),
         "shelf_items": st.lists(names, max_size=4),
         "existing_node_children": st.integers(0, 2),
+        "always": st.integers(0, 2),
+        "tokens": st.integers(0, 2),
+        "memberships": st.lists(st.one_of(st.none(), names), max_size=1),
+        "explicit_ids": st.integers(0, 2),
     }
 )

@@ -31,8 +31,9 @@ def next_code() -> str:
 
 
 def reset_codes() -> None:
-    global _codes
+    global _codes, _tokens
     _codes = itertools.count(1)
+    _tokens = itertools.count(1)
 
 
 class Base(DeclarativeBase):
@@ -196,6 +197,40 @@ class ShelfItem(Base):
     title: Mapped[str]
 
 
+class AlwaysItem(Base):
+    """GENERATED ALWAYS AS IDENTITY: explicit ids need OVERRIDING SYSTEM VALUE."""
+
+    __tablename__ = "always_item"
+    id: Mapped[int] = mapped_column(Identity(always=True), primary_key=True)
+    name: Mapped[str]
+
+
+_tokens = itertools.count(1)
+
+
+def next_token() -> str:
+    return f"tok-{next(_tokens):05d}"
+
+
+class Token(Base):
+    """A string primary key from a Python callable default."""
+
+    __tablename__ = "token"
+    id: Mapped[str] = mapped_column(String(20), primary_key=True, default=next_token)
+    label: Mapped[str]
+
+
+class Membership(Base):
+    """An association object whose composite primary key comes from many-to-one links."""
+
+    __tablename__ = "membership"
+    author_id: Mapped[int] = mapped_column(ForeignKey("author.id"), primary_key=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tag.id"), primary_key=True)
+    role: Mapped[str | None]
+    author: Mapped[Author] = relationship()
+    tag: Mapped[Tag] = relationship()
+
+
 ALL_CLASSES = [
     Author,
     Book,
@@ -216,6 +251,9 @@ ALL_CLASSES = [
     NoReturnItem,
     Shelf,
     ShelfItem,
+    AlwaysItem,
+    Token,
+    Membership,
 ]
 
 EXPLICIT_SEQUENCES = ["unrelated_numbers"]
