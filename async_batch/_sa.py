@@ -134,41 +134,41 @@ def register_persistent(
     trans_new = trans._new if trans is not None else None  # noqa: SLF001
     p2p = session.dispatch.pending_to_persistent or None
     slow: set[InstanceState[Any]] = set()
-    key_props: dict[Any, tuple[Any, list[str]]] = {}
     adopted: list[InstanceState[Any]] = []
+    by_mapper: dict[Any, list[InstanceState[Any]]] = {}
     for state in states:
-        mapper = state.manager.mapper
-        kp = key_props.get(mapper)
-        if kp is None:
-            kp = key_props[mapper] = (
-                mapper._identity_class,  # noqa: SLF001
-                [p.key for p in mapper._identity_key_props],  # noqa: SLF001
-            )
-        d = dicts[state]
-        ident = tuple([d.get(k) for k in kp[1]])
-        key = (kp[0], ident, state.identity_token)
-        if state.key is not None or key in id_dict or None in ident:
-            slow.add(state)
-            continue
-        state.key = key
-        id_dict[key] = state
-        state._instance_dict = wr  # noqa: SLF001
-        state._orphaned_outside_of_session = False  # noqa: SLF001
-        # InstanceState._commit_all_states, inlined
-        state.committed_state.clear()
-        sd = state.__dict__
-        if "_pending_mutations" in sd:
-            del sd["_pending_mutations"]
-        expired = state.expired_attributes
-        if expired:
-            expired.difference_update(d)
-        if state.modified:
-            modified.discard(state)
-        state.modified = state.expired = False
-        state._strong_obj = None  # noqa: SLF001
-        if trans_new is not None:
-            trans_new[state] = True
-        adopted.append(state)
+        by_mapper.setdefault(state.manager.mapper, []).append(state)
+    for mapper, group in by_mapper.items():
+        identity_class = mapper._identity_class  # noqa: SLF001
+        keys = [p.key for p in mapper._identity_key_props]  # noqa: SLF001
+        single = keys[0] if len(keys) == 1 else None
+        for state in group:
+            d = dicts[state]
+            ident = (d.get(single),) if single is not None else tuple([d.get(k) for k in keys])
+            # a pending state's identity token is None (no key yet)
+            key = (identity_class, ident, None)
+            if state.key is not None or key in id_dict or None in ident:
+                slow.add(state)
+                continue
+            state.key = key
+            id_dict[key] = state
+            state._instance_dict = wr  # noqa: SLF001
+            state._orphaned_outside_of_session = False  # noqa: SLF001
+            # InstanceState._commit_all_states, inlined
+            state.committed_state.clear()
+            sd = state.__dict__
+            if "_pending_mutations" in sd:
+                del sd["_pending_mutations"]
+            expired = state.expired_attributes
+            if expired:
+                expired.difference_update(d)
+            if state.modified:
+                modified.discard(state)
+            state.modified = state.expired = False
+            state._strong_obj = None  # noqa: SLF001
+            if trans_new is not None:
+                trans_new[state] = True
+            adopted.append(state)
     if p2p is not None:
         for state in adopted:
             p2p(session, state)
