@@ -211,3 +211,46 @@ def test_shape_matches_native(zoo_engine_dsn: str, case: str) -> None:
             await engine.dispose()
 
     asyncio.run(go())
+
+
+def test_savepoint_rollback_matches_native(zoo_engine_dsn: str) -> None:
+    """Objects flushed inside a SAVEPOINT that is rolled back vanish, exactly as natively."""
+    from zoo import Author, Book
+
+    async def workload(run: Any) -> None:
+        s = run.session
+        a = Author(name="outer", books=[Book(title="kept")])
+        run.track(a, *a.books)
+        s.add(a)
+        await s.flush()
+        run.snapshot("outer flush")
+        nested = await s.begin_nested()
+        inner = [Author(name=f"inner{i}", books=[Book(title=f"b{i}")]) for i in range(3)]
+        run.track(*inner, *(b for x in inner for b in x.books))
+        s.add_all(inner)
+        await s.flush()
+        run.snapshot("inner flush")
+        await nested.rollback()
+        run.snapshot("after savepoint rollback")
+        late = Author(name="late")
+        run.track(late)
+        s.add(late)
+        await s.commit()
+        run.snapshot("commit")
+
+    async def go() -> None:
+        engine = create_async_engine(sqlalchemy_url(zoo_engine_dsn))
+        try:
+            kw: dict[str, Any] = {
+                "metadata": Base.metadata,
+                "sequences": EXPLICIT_SEQUENCES,
+                "before_run": reset_codes,
+            }
+            native = await run_workload(engine, workload, batching=None, **kw)
+            for label, options in MODES:
+                other = await run_workload(engine, workload, batching=options, **kw)
+                assert_same(native, other, label)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
