@@ -254,3 +254,27 @@ def test_savepoint_rollback_matches_native(zoo_engine_dsn: str) -> None:
             await engine.dispose()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("case", ["books_o2m_tags", "joined", "server_defaults", "widgets"])
+def test_without_expire_on_commit(zoo_engine_dsn: str, case: str) -> None:
+    """With expire_on_commit=False what the flush loaded or expired stays visible after commit."""
+
+    async def go() -> None:
+        engine = create_async_engine(sqlalchemy_url(zoo_engine_dsn))
+        try:
+            kw: dict[str, Any] = {
+                "metadata": Base.metadata,
+                "sequences": EXPLICIT_SEQUENCES,
+                "setup": setup,
+                "before_run": reset_codes,
+                "expire_on_commit": False,
+            }
+            workload = make_workload(CASES[case])
+            native = await run_workload(engine, workload, batching=None, **kw)
+            other = await run_workload(engine, workload, batching={}, **kw)
+            assert_same(native, other, case)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
