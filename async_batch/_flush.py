@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.schema import sort_tables_and_constraints
@@ -111,6 +112,7 @@ class FlushRun:
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
         self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
+        self.parents_done: list[InstanceState[Any]] = []
         self._t0 = time.perf_counter()
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -136,8 +138,10 @@ class FlushRun:
         self._mark("native")
         with _gc_paused(self.options.pause_gc):
             _sa.release_states(self.ctx, self.fast)
+            _sa.release_states(self.ctx, self.parents_done)
             native_finalize()
             _sa.register_persistent(self.session, self.fast, self._dicts)
+            _sa.register_persistent_native(self.session, self.parents_done)
         self._mark("adopt")
         store(self.session, self.report)
 
@@ -391,6 +395,47 @@ class FlushRun:
         _sa.withhold_states(self.ctx, fast)
         self.fast = fast
         report.accelerated = len(fast)
+        # persistent parents whose only change is that their collections gained the objects we
+        # just wrote: nothing is left for the unit of work to do with them but bookkeeping
+        self.parents_done = self._idle_parents(fast_set, infos)
+        _sa.withhold_states(self.ctx, self.parents_done)
+
+    def _idle_parents(
+        self, fast_set: set[InstanceState[Any]], infos: dict[Any, MapperInfo]
+    ) -> list[InstanceState[Any]]:
+        """Persistent states in the flush whose only pending change is one-to-many collections
+        that gained objects we wrote (and synchronized). The unit of work would issue nothing
+        for them -- no UPDATE, no events once listeners are ruled out -- yet spend a
+        dependency-processor pass per child; their bookkeeping is done in ``finalize``."""
+        if not self._parents:
+            return []
+        candidates: dict[InstanceState[Any], None] = {}
+        for _rel, parent, _child in self._parents:
+            candidates[parent] = None
+        idle: list[InstanceState[Any]] = []
+        uow_states = self.ctx.states
+        for pst in candidates:
+            if uow_states.get(pst) != (False, False):
+                continue
+            mapper = pst.manager.mapper
+            info = infos.get(mapper)
+            if info is None or not _sa.is_plain_for_update(mapper):
+                continue
+            o2m = {r.key: r for r in info.relationships if r.direction is ONETOMANY}
+            changed = set(pst.committed_state) | set(_sa.pending_mutation_keys(pst))
+            if not changed or not changed <= set(o2m):
+                continue
+            ok = True
+            for key in changed:
+                hist = _sa.collection_history(pst, key)
+                if hist.deleted or not all(
+                    obj is not None and instance_state(obj) in fast_set for obj in hist.added
+                ):
+                    ok = False
+                    break
+            if ok:
+                idle.append(pst)
+        return idle
 
     # -- ids -----------------------------------------------------------------------------------
 

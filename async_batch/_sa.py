@@ -178,6 +178,35 @@ def register_persistent(
         session._register_persistent(slow)  # noqa: SLF001
 
 
+def register_persistent_native(session: Session, states: Sequence[InstanceState[Any]]) -> None:
+    """The session's own bookkeeping for persistent states we took over (no fast path)."""
+    if states:
+        session._register_persistent(set(states))  # noqa: SLF001
+
+
+def is_plain_for_update(mapper: Mapper[Any]) -> bool:
+    """Whether saving an unchanged persistent object of this mapper has no visible effect
+    beyond bookkeeping: no update events, no version counter, no read-only expiry."""
+    d = mapper.dispatch
+    return (
+        not d.before_update
+        and not d.after_update
+        and mapper.version_id_col is None
+        and not mapper._readonly_props  # noqa: SLF001
+    )
+
+
+def pending_mutation_keys(state: InstanceState[Any]) -> Iterable[str]:
+    pending = state.__dict__.get("_pending_mutations")
+    return pending.keys() if pending else ()
+
+
+def collection_history(state: InstanceState[Any], key: str) -> Any:
+    """History of a collection as the unit of work reads it, queued appends included."""
+    passive = PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+    return state.manager[key].impl.get_history(state, state.dict, passive)
+
+
 def insert_order(state: InstanceState[Any]) -> int:
     return int(state.insert_order or 0)
 
