@@ -547,8 +547,24 @@ class FlushRun:
         """Copy keys along relationships as ``dependency.py``/``sync.py`` would."""
         secondary: dict[Table, list[dict[str, Any]]] = defaultdict(list)
         seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
-        get = _sa.get_by_column
-        keyof = _sa.propkey_for
+        dicts = self._dicts
+        colkeys: dict[tuple[Any, Any], str] = {}
+
+        def keyof(state: InstanceState[Any], col: Any) -> str:
+            ck = (state.manager.mapper, col)
+            key = colkeys.get(ck)
+            if key is None:
+                key = colkeys[ck] = _sa.propkey_for(state, col)
+            return key
+
+        def get(state: InstanceState[Any], col: Any) -> Any:
+            d = dicts.get(state)
+            if d is not None:
+                key = keyof(state, col)
+                if key in d:
+                    return d[key]
+            return _sa.get_by_column(state, col)
+
         fast_set = set(fast)
         for rel, parent, child in self._parents:
             if child in fast_set:
