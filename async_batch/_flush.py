@@ -83,8 +83,8 @@ class Options:
     native flush write everything."""
     prefetch: str = "auto"
     """``auto``: prefetch ids for natively written objects where that saves round trips
-    (``implicit_returning=False``, self-referential mappers, or when a round trip is spent
-    anyway); ``always``; ``never``."""
+    (``implicit_returning=False``, mixed key sets that must be regrouped, or when the round
+    trip is spent anyway for the fast path); ``always``; ``never``."""
     regroup: bool = True
     """Reorder natively written objects so equal key sets are contiguous and batch."""
     pause_gc: bool = True
@@ -489,7 +489,6 @@ class FlushRun:
                     mode == "always"
                     or spend
                     or not info.id_table.implicit_returning
-                    or info.self_referential
                     or st.manager.mapper.base_mapper in mixed
                 ):
                     add(st, info)
@@ -948,29 +947,39 @@ def _regroup_plan(
         ):
             # callable defaults are evaluated in insert order: reordering would change them
             continue
+        # The unit of work batches consecutive rows *of one table* with equal key sets:
+        # regroup only if some table's rows are not already contiguous by key set.
+        per_table: dict[Any, list[Any]] = defaultdict(list)
+        sigs = []
+        for st in sts:
+            sig = _sig_key(st, infos)
+            sigs.append(sig)
+            for table, keyset in sig:
+                per_table[table].append(keyset)
+        if all(
+            1 + sum(1 for a, b in itertools.pairwise(seq) if a != b) <= len(set(seq))
+            for seq in per_table.values()
+        ):
+            continue
         groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
-        sigs = [_sig_key(st, infos) for st in sts]
         for st, sig in zip(sts, sigs, strict=True):
             groups[sig].append(st)
-        if len(groups) < 2:
-            continue
-        # only worth it when equal signatures are not already contiguous
-        runs = 1 + sum(1 for a, b in itertools.pairwise(sigs) if a != b)
-        if runs <= len(groups):
-            continue
         plans[base] = (sts, [s for g in groups.values() for s in g])
     return plans
 
 
 def _sig_key(st: InstanceState[Any], infos: dict[Any, MapperInfo]) -> Any:
+    """Per table of the object, which of its columns it supplies (the INSERT's key set)."""
     info = infos[st.manager.mapper]
     d = st.dict
-    return (
-        st.manager.mapper,
-        tuple(
-            (spec.propkey in d and (d[spec.propkey] is not None or spec.eval_none))
-            for ts in info.tables
-            for spec in ts.columns
-            if spec.propkey not in ts.pk_propkeys
-        ),
+    return tuple(
+        (
+            ts.table,
+            tuple(
+                (spec.propkey in d and (d[spec.propkey] is not None or spec.eval_none))
+                for spec in ts.columns
+                if spec.propkey not in ts.pk_propkeys
+            ),
+        )
+        for ts in info.tables
     )
