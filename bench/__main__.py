@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(args_list)
     console = _console()
     if args.list:
+        wanted = _split(args.scenario)
         for s in load_all():
+            if wanted and s.name not in wanted:
+                continue
             console.print(f"[bold]{s.name}[/bold]: {s.description}")
             for c in s.cases(args.quick):
                 console.print(f"  {c.key}: {c.title} ({c.rows:,} rows, {c.repeats} repeats)")

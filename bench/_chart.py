@@ -11,10 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench._results import summarize  # noqa: E402
+from bench._results import summarize
 
 __all__ = ["chart"]
 
@@ -32,15 +33,11 @@ def chart(data: dict[str, Any], path: Path) -> Path:
 
     ncols = 2 if len(cases) > 1 else 1
     nrows = math.ceil(len(cases) / ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(8.2 * ncols, 0.5 + 3.9 * nrows), squeeze=False
-    )
+    fig, axes = plt.subplots(nrows, ncols, figsize=(8.2 * ncols, 0.5 + 3.9 * nrows), squeeze=False)
     bar_h = 0.8 / max(1, len(conds))
     for idx, case in enumerate(cases):
         ax = axes[idx // ncols][idx % ncols]
-        present = [
-            m for m in methods if any((case["key"], c["key"], m) in by for c in conds)
-        ]
+        present = [m for m in methods if any((case["key"], c["key"], m) in by for c in conds)]
         top = 0.0
         for ci, cond in enumerate(conds):
             for mi, m in enumerate(present):
@@ -60,11 +57,14 @@ def chart(data: dict[str, Any], path: Path) -> Path:
                     edgecolor="white",
                     linewidth=0.3,
                 )
-                text = "native" if native else f"{r.speedup_e2e:.1f}×" if r.speedup_e2e else ""
+                text = "native" if native else f"{r.speedup_e2e:.1f}\u00d7" if r.speedup_e2e else ""
                 ax.text(rate * 1.06, y, text, va="center", fontsize=7)
         ax.set_yticks(range(len(present)), [labels.get(m, m) for m in present], fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(_rate_label))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         if top > 0:
             ax.set_xlim(right=top * 4)
         ax.set_title(f"{case['title']} ({case['rows']:,} rows)", fontsize=9, loc="left")
@@ -117,3 +117,11 @@ def chart(data: dict[str, Any], path: Path) -> Path:
 def _min_runs(rows: list[Any]) -> int:
     runs = [r.runs for r in rows if r.runs]
     return min(runs) if runs else 0
+
+
+def _rate_label(x: float, _pos: int | None = None) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:g}M"
+    if x >= 1e3:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"

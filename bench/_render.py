@@ -19,18 +19,20 @@ __all__ = ["console_tables", "markdown", "notes", "regressions"]
 
 def _num(x: float | None, fmt: str = "{:.1f}") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
+        return "\u2013"
     return fmt.format(x)
 
 
 def _us(row: Row, med: float, lo: float, hi: float) -> str:
-    return f"{_num(row.us_per_row(med))} ({_num(row.us_per_row(lo))}–{_num(row.us_per_row(hi))})"
+    return (
+        f"{_num(row.us_per_row(med))} ({_num(row.us_per_row(lo))}\u2013{_num(row.us_per_row(hi))})"
+    )
 
 
 def _times(x: float | None) -> str:
     if x is None or math.isnan(x):
-        return "–"
-    return f"{x:.2f}×" if x < 10 else f"{x:.1f}×"
+        return "\u2013"
+    return f"{x:.2f}\u00d7" if x < 10 else f"{x:.1f}\u00d7"
 
 
 def _speedup_text(x: float | None) -> Text:
@@ -46,7 +48,7 @@ def _speedup_text(x: float | None) -> Text:
 
 def _rate(x: float) -> str:
     if math.isnan(x):
-        return "–"
+        return "\u2013"
     if x >= 1e6:
         return f"{x / 1e6:.2f} M"
     if x >= 1e3:
@@ -84,11 +86,11 @@ def console_tables(data: dict[str, Any], console: Console) -> None:
         table.add_column("rows", justify="right")
         table.add_column("median s", justify="right")
         table.add_column("rows/s", justify="right")
-        table.add_column("µs/row e2e (min–max)", justify="right", no_wrap=True)
-        table.add_column("µs/row commit (min–max)", justify="right", no_wrap=True)
+        table.add_column("µs/row e2e (min\u2013max)", justify="right", no_wrap=True)
+        table.add_column("µs/row commit (min\u2013max)", justify="right", no_wrap=True)
         table.add_column("round trips", justify="right")
-        table.add_column("× native e2e", justify="right")
-        table.add_column("× native commit", justify="right")
+        table.add_column("\u00d7 native e2e", justify="right")
+        table.add_column("\u00d7 native commit", justify="right")
         table.add_column("t / asyncpg em", justify="right")
         table.add_column("t / COPY", justify="right")
         for _case, case_rows_iter in groupby(cond_rows, key=lambda r: r.case):
@@ -97,7 +99,10 @@ def console_tables(data: dict[str, Any], console: Console) -> None:
                 name = r.case_title if i == 0 else ""
                 if r.error or not r.runs:
                     table.add_row(
-                        name, r.method_label, f"{r.rows:,}", Text("ERROR", style="bold red"),
+                        name,
+                        r.method_label,
+                        f"{r.rows:,}",
+                        Text("ERROR", style="bold red"),
                         *([""] * 8),
                     )
                     continue
@@ -139,16 +144,31 @@ def notes(data: dict[str, Any]) -> list[str]:
     out: list[str] = []
     rows = summarize(data)
     first_cond = data["conditions"][0]["key"] if data["conditions"] else None
+    reports = {
+        (r["case"], r["method"]): r.get("flush_report")
+        for r in data["results"]
+        if r["condition"] == first_cond
+    }
     for case in data["cases"]:
         for r in rows:
-            if r.case == case["key"] and r.condition == first_cond and r.method.startswith("ab_"):
-                if r.strategies:
-                    out.append(f"{case['title']} · {r.method_label}: {r.strategies}")
+            if r.case != case["key"] or r.condition != first_cond:
+                continue
+            if r.method == "ab_auto" and r.strategies:
+                out.append(f"{case['title']} · async_batch auto wrote {r.strategies}")
+            report = reports.get((r.case, r.method)) or {}
+            if r.method.startswith("ab_") and r.method != "ab_prefetch":
+                for fb in report.get("fallbacks") or []:
+                    out.append(
+                        f"{case['title']} · {r.method_label} left {fb.get('objects')} "
+                        f"{fb.get('what')} objects native: {fb.get('reason')}"
+                    )
         for key, why in (case.get("omitted") or {}).items():
             out.append(f"{case['title']} · {key} omitted: {why}")
     for res in data["results"]:
         if res["error"]:
-            out.append(f"ERROR {res['case']} / {res['condition']} / {res['method']}: {res['error']}")
+            out.append(
+                f"ERROR {res['case']} / {res['condition']} / {res['method']}: {res['error']}"
+            )
     return out
 
 
@@ -171,9 +191,7 @@ def markdown(data: dict[str, Any], command: str) -> str:
     v = data["versions"]
     m = data["machine"]
     out: list[str] = []
-    rtts = "; ".join(
-        f"{c['label']}: {_rtt_text(data, c['key']) or 'n/a'}" for c in conds
-    )
+    rtts = "; ".join(f"{c['label']}: {_rtt_text(data, c['key']) or 'n/a'}" for c in conds)
     out.append(
         f"Produced by `{command}` on {data['started_at'][:10]}: {m.get('cpu_count')} CPUs "
         f"({m.get('cpu_model') or m.get('arch')}), {m.get('platform')}; Python {v['python']}, "
@@ -199,7 +217,7 @@ def markdown(data: dict[str, Any], command: str) -> str:
         header += [
             f"{c['label']}: native µs/row",
             "async_batch µs/row",
-            "speed-up (commit)",
+            "speed-up e2e (commit)",
             "asyncpg COPY µs/row",
         ]
     body = []
@@ -209,7 +227,7 @@ def markdown(data: dict[str, Any], command: str) -> str:
         trips = (
             f"{_num(nat0.round_trips, '{:,}')} → {_num(auto0.round_trips, '{:,}')}"
             if nat0 and auto0
-            else "–"
+            else "\u2013"
         )
         cells = [case["title"], f"{case['rows']:,}", trips]
         for c in conds:
@@ -217,17 +235,17 @@ def markdown(data: dict[str, Any], command: str) -> str:
             auto = by.get((case["key"], c["key"], "ab_auto"))
             copy = by.get((case["key"], c["key"], "asyncpg_copy"))
             cells += [
-                _num(nat.us_per_row(nat.e2e_median)) if nat and nat.runs else "–",
-                _num(auto.us_per_row(auto.e2e_median)) if auto and auto.runs else "–",
+                _num(nat.us_per_row(nat.e2e_median)) if nat and nat.runs else "\u2013",
+                _num(auto.us_per_row(auto.e2e_median)) if auto and auto.runs else "\u2013",
                 (
                     f"**{_times(auto.speedup_e2e)}** ({_times(auto.speedup_commit)})"
                     if auto and auto.runs
-                    else "–"
+                    else "\u2013"
                 ),
-                _num(copy.us_per_row(copy.e2e_median)) if copy and copy.runs else "–",
+                _num(copy.us_per_row(copy.e2e_median)) if copy and copy.runs else "\u2013",
             ]
         body.append(cells)
-    out += _md_table(header, body, "llr" + "rrrr" * len(conds))
+    out += _md_table(header, body, "lrr" + "rrrr" * len(conds))
     out.append("")
 
     for c in conds:
@@ -237,11 +255,11 @@ def markdown(data: dict[str, Any], command: str) -> str:
         header = [
             "workload",
             "method",
-            "µs/row e2e (min–max)",
-            "µs/row commit (min–max)",
+            "µs/row e2e (min\u2013max)",
+            "µs/row commit (min\u2013max)",
             "round trips",
-            "× native e2e",
-            "× native commit",
+            "\u00d7 native e2e",
+            "\u00d7 native commit",
             "t / asyncpg em",
             "t / COPY",
         ]

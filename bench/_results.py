@@ -12,14 +12,12 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench._harness import Condition, MethodResult
+from bench._harness import PROXY_SWITCH_INTERVAL_S, Condition, MethodResult
 
 __all__ = [
     "FORMAT",
@@ -131,6 +129,7 @@ def condition_dict(cond: Condition, rtt_ms: dict[str, float | None]) -> dict[str
         "configured_rtt_ms": 2 * cond.delay_ms,
         "proxied": cond.proxied,
         "timing_via": "ThreadedWireProxy" if cond.proxied else "direct connection",
+        "gil_switch_interval_s": PROXY_SWITCH_INTERVAL_S if cond.proxied else None,
         "measured_rtt_ms": rtt_ms,
     }
 
@@ -156,10 +155,6 @@ def load(path: Path) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise ValueError(f"{path.name} is not a {FORMAT} results file")
     return data
-
-
-def command_line(argv: Iterable[str]) -> str:
-    return " ".join(["python -m bench", *argv])
 
 
 def display_path(path: Path) -> str:
@@ -287,7 +282,3 @@ def summarize(data: dict[str, Any]) -> list[Row]:
         )
     )
     return rows
-
-
-def python_command() -> str:
-    return Path(sys.executable).name

@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -51,7 +51,6 @@ class BenchOptions:
     rtt_ms: Sequence[float] = (3.0,)
     methods: Sequence[str] | None = None
     command: str = "python -m bench"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def select_cases(options: BenchOptions) -> list[tuple[Scenario, Case]]:
@@ -133,7 +132,6 @@ def run(options: BenchOptions, console: Console) -> dict[str, Any]:
         ),
         **env,
         **data,
-        **options.extra,
     }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import asyncpg
@@ -28,7 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from async_batch.testing import ThreadedWireProxy
 
-__all__ = ["Case", "Phase", "Scenario", "nextvals", "nextvals_sa", "raw_transaction", "serial_sequence"]
+__all__ = [
+    "Case",
+    "Phase",
+    "Scenario",
+    "nextvals",
+    "nextvals_sa",
+    "raw_transaction",
+    "serial_sequence",
+]
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,19 @@ class Case:
     """The scenario's own size parameter (objects, parents...)."""
     repeats: int
     """Default number of timed runs (after one warm-up)."""
-    params: Mapping[str, Any] = field(default_factory=dict)
+    warmup_size: int | None = None
+    """A smaller size for the warm-up run of a big case (it executes the same SQL statements,
+    so it warms the same caches); ``None``: warm up at full size."""
+
+    def warmup_case(self) -> Case:
+        if self.warmup_size is None or self.warmup_size >= self.size:
+            return self
+        return replace(
+            self,
+            size=self.warmup_size,
+            rows=self.rows * self.warmup_size // self.size,
+            title=f"{self.title} (warm-up)",
+        )
 
 
 class PhaseError(RuntimeError):

@@ -73,9 +73,10 @@ INSERT_ANNOTATION = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7)"
 )
 INSERT_RESULT = (
-    "INSERT INTO validation_result (sequence_id, \"check\", passed, message) VALUES ($1, $2, $3, $4)"
+    'INSERT INTO validation_result (sequence_id, "check", passed, message) VALUES ($1, $2, $3, $4)'
 )
 SELECT_SEQUENCES = "SELECT id, bases FROM dna_sequence ORDER BY id"
+SELECT_SEQUENCES_LIMIT = "SELECT id, bases FROM dna_sequence ORDER BY id LIMIT $1"
 
 _KINDS = ("promoter", "CDS", "terminator", "primer_bind", "misc_feature", "rep_origin")
 _COLORS = ("#84b0dc", "#f58a5e", "#b7e6d7", "#a6acb3", "#ffef86", "#c7b0e3")

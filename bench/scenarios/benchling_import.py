@@ -80,8 +80,7 @@ class BenchlingImport(Scenario):
 
     def _parent_dicts(self, case: Case) -> list[dict[str, Any]]:
         return [
-            {"name": sequence_name(i), "bases": b}
-            for i, b in enumerate(sequence_bases(case.size))
+            {"name": sequence_name(i), "bases": b} for i, b in enumerate(sequence_bases(case.size))
         ]
 
     async def orm_bulk(self, session: AsyncSession, case: Case, phase: Phase) -> None:

@@ -180,7 +180,9 @@ class JoinedInheritance(Scenario):
                 await con.copy_records_to_table(
                     "engineer", records=engineers, columns=["id", "language"]
                 )
-                await con.copy_records_to_table("manager", records=managers, columns=["id", "level"])
+                await con.copy_records_to_table(
+                    "manager", records=managers, columns=["id", "level"]
+                )
                 await tr.commit()
 
 

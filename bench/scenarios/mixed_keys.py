@@ -72,7 +72,7 @@ class MixedKeys(Scenario):
                 title=f"mixed key sets, {n:,} rows",
                 rows=n,
                 size=n,
-                repeats=9,
+                repeats=5,
             )
         ]
 

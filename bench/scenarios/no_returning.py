@@ -65,7 +65,7 @@ class NoReturning(Scenario):
                 title=f"implicit_returning=False, {n:,} rows",
                 rows=n,
                 size=n,
-                repeats=9,
+                repeats=5,
             )
         ]
 
