@@ -58,6 +58,14 @@ def _gc_paused(enabled: bool) -> Iterator[None]:
         gc.enable()
 
 
+class _Stale(Exception):
+    """Cached catalog facts no longer describe the table a name resolves to."""
+
+    def __init__(self, tables: set[Table]) -> None:
+        super().__init__(", ".join(sorted(t.name for t in tables)))
+        self.tables = tables
+
+
 _SQL_TYPES: dict[type, bool] = {}
 
 
@@ -113,7 +121,15 @@ class FlushRun:
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
         self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
         self.parents_done: list[InstanceState[Any]] = []
+        self._refresh: set[Table] = set()
         self._t0 = time.perf_counter()
+
+    def _reset(self) -> None:
+        self.report = FlushReport(phases=self.report.phases)
+        self.fast = []
+        self._links = {}
+        self._parents = []
+        self.parents_done = []
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -124,7 +140,16 @@ class FlushRun:
 
     def _execute(self, native_execute: Callable[[], None]) -> None:
         try:
-            self._run()
+            try:
+                self._run()
+            except _Stale as stale:
+                # search_path now resolves a table name to another table than the cached
+                # lookup described: nothing is written yet; forget our assignments, look the
+                # tables up again and plan once more
+                self._revert()
+                self._reset()
+                self._refresh = stale.tables
+                self._run()
         except BaseException:
             self._revert()
             raise
@@ -197,7 +222,9 @@ class FlushRun:
             m = metas.get(table)
             if m is None:
                 id_col = info.id_column if table is info.id_table else None
-                m = metas[table] = _sequences.table_meta(conn, table, id_col)
+                m = metas[table] = _sequences.table_meta(
+                    conn, table, id_col, refresh=table in self._refresh
+                )
             return m
 
         # 1. candidates
@@ -509,8 +536,19 @@ class FlushRun:
                 depth = _depths(in_flush, infos, self._links, conn.dialect)
                 sts.sort(key=lambda st: (depth.get(st, 0), _sa.insert_order(st)))
         requests = [(src, len(sts)) for src, sts in need.values()]
-        values = _sequences.prefetch(conn, requests)
+        # validate every cached lookup whose table name search_path resolves, in the same trip
+        checked = [
+            (t, m) for t, m in metas.items() if _sequences.effective_schema(t.schema, conn) is None
+        ]
+        values, oids = _sequences.prefetch(
+            conn, requests, [_sequences.qualified(conn, None, t.name) for t, _m in checked]
+        )
         self.report.prefetch_round_trips += 1
+        stale = {
+            t for (t, m), oid in zip(checked, oids[len(requests) :], strict=True) if oid != m.oid
+        }
+        if stale:
+            raise _Stale(stale)
         undo = self._undo
         for (_src, sts), ids in zip(need.values(), values, strict=True):
             if len(ids) != len(sts):  # pragma: no cover - server contract

@@ -169,7 +169,9 @@ def reserve(session: Session, objects: Iterable[Any]) -> None:
         entry[1].append((state, info.id_propkey))
     if not requests or conn is None:
         return
-    values = _sequences.prefetch(conn, [(src, len(items)) for src, items in requests.values()])
+    values, _oids = _sequences.prefetch(
+        conn, [(src, len(items)) for src, items in requests.values()]
+    )
     for (_src, items), ids in zip(requests.values(), values, strict=True):
         for (state, key), new_id in zip(items, ids, strict=True):
             state.dict[key] = new_id

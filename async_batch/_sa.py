@@ -360,6 +360,15 @@ def raise_dbapi_error(connection: Connection, err: BaseException, statement: str
     the adapter's DBAPI exception class, then ``Connection._handle_dbapi_exception``
     (``IntegrityError``/``DBAPIError`` wrapping, disconnect detection, pool invalidation)."""
     adapted = adapted_connection(connection)
+    if isinstance(err, (TypeError, ValueError, OverflowError)):
+        # asyncpg's COPY encoder raises plain Python errors for values of the wrong type; for
+        # a bound parameter asyncpg reports the same problem as DataError, which is what a
+        # native flush raises (as sqlalchemy.exc.DBAPIError)
+        import asyncpg
+
+        data_error = asyncpg.exceptions.DataError(f"invalid input for {statement}: {err}")
+        data_error.__cause__ = err
+        err = data_error
     translated: BaseException = err
     try:
         adapted._handle_exception(err)  # noqa: SLF001 - always raises

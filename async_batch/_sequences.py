@@ -48,6 +48,8 @@ class TableMeta:
     id_ok: bool
     id_reason: str | None
     identity_always: bool
+    oid: int | None
+    """The table the lookup described; the id prefetch re-checks it (``search_path``)."""
     column_types: Mapping[str, str]
     """column name -> ``format_type`` (for unnest array casts)."""
     array_columns: frozenset[str]
@@ -58,9 +60,10 @@ class TableMeta:
 
 _LOOKUP_SQL = """
 SELECT
+  to_regclass($1)::oid::int8 AS oid,
   s.seq,
   CASE WHEN s.seq IS NULL THEN NULL
-       ELSE has_sequence_privilege(s.seq, 'USAGE') AND has_sequence_privilege(s.seq, 'UPDATE')
+       ELSE has_sequence_privilege(s.seq, 'USAGE, UPDATE')  -- nextval needs either
   END AS priv,
   (SELECT a.attidentity::text FROM pg_attribute a
     WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped) AS ident,
@@ -92,11 +95,13 @@ FROM (
 # aggregate's ORDER BY keeps ids in the order nextval handed them out.
 _PREFETCH_SQL = """
 WITH s AS MATERIALIZED (
-  SELECT j.ord, j.n, coalesce(j.seqname, pg_get_serial_sequence(j.tbl, j.col))::regclass AS seq
+  SELECT j.ord, j.n, to_regclass(j.tbl)::oid::int8 AS oid,
+    CASE WHEN j.n > 0
+      THEN coalesce(j.seqname, pg_get_serial_sequence(j.tbl, j.col))::regclass END AS seq
   FROM ROWS FROM (json_to_recordset($1::text::json) AS (seqname text, tbl text, col text, n int))
     WITH ORDINALITY AS j(seqname, tbl, col, n, ord)
 )
-SELECT (
+SELECT s.oid, (
   SELECT string_agg(nextval(s.seq)::text, ',' ORDER BY g) FROM generate_series(1, s.n) AS g
 )
 FROM s
@@ -158,20 +163,24 @@ def id_source(connection: Connection, table: Table, col: Column[Any]) -> IdSourc
     return IdSource(tref, col.name, seq_ref)
 
 
-def table_meta(connection: Connection, table: Table, id_col: Column[Any] | None) -> TableMeta:
-    """Catalog facts for ``table`` under this connection's effective schema (cached)."""
+def table_meta(
+    connection: Connection, table: Table, id_col: Column[Any] | None, refresh: bool = False
+) -> TableMeta:
+    """Catalog facts for ``table`` under this connection's effective schema (cached; looked up
+    again with ``refresh``)."""
     src = id_source(connection, table, id_col) if id_col is not None else None
     tref = qualified(connection, effective_schema(table.schema, connection), table.name)
     key = (tref, src.key if src else None)
     engine = connection.engine
-    with _lock:
-        cached = _meta_cache.get(engine, {}).get(key)
-    if cached is not None:
-        return cached
+    if not refresh:
+        with _lock:
+            cached = _meta_cache.get(engine, {}).get(key)
+        if cached is not None:
+            return cached
     row = connection.exec_driver_sql(
         _LOOKUP_SQL, (tref, src.column if src else "", src.sequence_ref if src else None)
     ).one()
-    seq, priv, ident, names, types, arrays, defaulted = row
+    oid, seq, priv, ident, names, types, arrays, defaulted = row
     id_reason = None
     if src is None:
         id_reason = "no database-generated integer primary key"
@@ -181,7 +190,7 @@ def table_meta(connection: Connection, table: Table, id_col: Column[Any] | None)
             "(not SERIAL/IDENTITY and no Sequence on the Column)"
         )
     elif not priv:
-        id_reason = f"no USAGE/UPDATE privilege on sequence {seq} for the current role"
+        id_reason = f"no USAGE or UPDATE privilege on sequence {seq} for the current role"
         wkey = (str(engine.url), tref, "priv")
         if wkey not in _warned:
             _warned.add(wkey)
@@ -194,6 +203,7 @@ def table_meta(connection: Connection, table: Table, id_col: Column[Any] | None)
         id_ok=id_reason is None,
         id_reason=id_reason,
         identity_always=ident == "a",
+        oid=oid,
         column_types=dict(zip(names or (), types or (), strict=True)),
         array_columns=frozenset(arrays or ()),
         defaulted_columns=frozenset(defaulted or ()),
@@ -204,19 +214,25 @@ def table_meta(connection: Connection, table: Table, id_col: Column[Any] | None)
     return meta
 
 
-def prefetch(connection: Connection, requests: Sequence[tuple[IdSource, int]]) -> list[list[int]]:
+def prefetch(
+    connection: Connection,
+    requests: Sequence[tuple[IdSource, int]],
+    check: Sequence[str] = (),
+) -> tuple[list[list[int]], list[int | None]]:
     """Fetch ``n`` new values from each source in one round trip; values ascend per source
-    in the order the server hands them out (never assumed contiguous)."""
-    if not requests:
-        return []
-    spec = json.dumps(
-        [
-            {"seqname": src.sequence_ref, "tbl": src.table_ref, "col": src.column, "n": n}
-            for src, n in requests
-        ]
-    )
-    result = connection.exec_driver_sql(_PREFETCH_SQL, (spec,))
-    return [[int(v) for v in r[0].split(",")] if r[0] else [] for r in result]
+    in the order the server hands them out (never assumed contiguous). The same statement
+    returns the OIDs the ``check`` table references resolve to right now (after those of
+    the sources' tables), so cached lookups can be validated for free."""
+    entries = [
+        {"seqname": src.sequence_ref, "tbl": src.table_ref, "col": src.column, "n": n}
+        for src, n in requests
+    ]
+    entries += [{"seqname": None, "tbl": tref, "col": "", "n": 0} for tref in check]
+    if not entries:
+        return [], []
+    result = connection.exec_driver_sql(_PREFETCH_SQL, (json.dumps(entries),)).all()
+    ids = [[int(v) for v in r[1].split(",")] if r[1] else [] for r in result[: len(requests)]]
+    return ids, [r[0] for r in result]
 
 
 def clear_cache() -> None:

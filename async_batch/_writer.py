@@ -18,6 +18,7 @@ handling directly; COPY errors are translated by ``_sa.raise_dbapi_error`` the s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,25 +94,96 @@ def write(connection: Connection, job: TableJob, strategy: str) -> list[Any]:
         rows = _parents_first(job.rows, job.self_ref) if job.self_ref else job.rows
         if job.returning:
             _sa.ensure_transaction(connection)
-            fetched = _sa.run_raw(connection, lambda raw: raw.fetchmany(sql, rows), sql)
+            fetched = _sa.run_raw(
+                connection, lambda raw: _guarded(raw, raw.fetchmany(sql, rows), pipelined=True), sql
+            )
             return [tuple(r) for r in fetched]
         if len(rows) == 1:
             connection.exec_driver_sql(sql, rows[0])
         else:
-            connection.exec_driver_sql(sql, rows)
+            _sa.ensure_transaction(connection)
+            _sa.run_raw(
+                connection,
+                lambda raw: _guarded(raw, raw.executemany(sql, rows), pipelined=True),
+                sql,
+            )
         return []
     if strategy == "copy":
         _sa.ensure_transaction(connection)
         stmt = f"COPY {job.table_ref} ({cols}) FROM STDIN (FORMAT binary)"
-        _sa.run_raw(
-            connection,
-            lambda raw: raw.copy_records_to_table(
-                job.name, records=job.rows, columns=job.columns, schema_name=job.schema
-            ),
-            stmt,
-        )
+        _sa.run_raw(connection, lambda raw: _copy(raw, job), stmt)
         return []
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+async def _copy(raw: Any, job: TableJob) -> None:
+    await _guarded(
+        raw,
+        raw.copy_records_to_table(
+            job.name, records=job.rows, columns=job.columns, schema_name=job.schema
+        ),
+    )
+
+
+async def _guarded(raw: Any, operation: Any, pipelined: bool = False) -> Any:
+    """Await a long-streaming asyncpg operation (COPY, executemany), guarded against a lost
+    connection.
+
+    asyncpg 0.30-0.32 waits on its "writing allowed" event while the transport is paused and
+    never wakes that wait when the connection is lost, so a backend killed mid-stream would
+    hang the flush forever. A termination listener cancels the operation instead, and the
+    flush fails with the error a statement gets when its connection drops.
+    """
+    task = asyncio.ensure_future(operation)
+    lost = False
+
+    def on_terminated(_con: Any) -> None:
+        nonlocal lost
+        lost = True
+        if not task.done():
+            task.cancel()
+
+    raw.add_termination_listener(on_terminated)
+    try:
+        # shielded: our own cancellation must reach us (below), not be absorbed by asyncpg
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if lost and task.done():
+            # the connection dropped and the termination listener stopped the operation
+            import asyncpg
+
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            ) from None
+        # We were cancelled ourselves: stop the operation, and let asyncpg finish before
+        # anything else (the rollback) uses the connection.
+        unsynced = pipelined and not task.done() and _sending_paused(raw)
+        while not task.done():
+            # asyncpg's pipelined executemany swallows a cancellation that arrives while it is
+            # still sending (its ``finally: return await waiter``); the next one cancels the
+            # statement on the server
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.05)
+        if unsynced:
+            # ... but it never sends the Sync that ends the pipeline, so the server would wait
+            # for it and asyncpg for the server, forever. Send it (asyncpg does the same when
+            # such a batch times out).
+            _send_sync(raw)
+        raise
+    finally:
+        raw.remove_termination_listener(on_terminated)
+
+
+def _sending_paused(raw: Any) -> bool:
+    protocol = getattr(raw, "_protocol", None)
+    allowed = getattr(protocol, "writing_allowed", None)
+    return allowed is not None and not allowed.is_set()
+
+
+def _send_sync(raw: Any) -> None:
+    transport = getattr(raw, "_transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.write(b"S\x00\x00\x00\x04")
 
 
 def _parents_first(
