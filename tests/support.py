@@ -21,12 +21,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import MetaData, event, inspect, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.collections import InstrumentedList
 from sqlalchemy.sql import ClauseElement
 
 from async_batch import enable_async_batching, last_flush
+from async_batch.testing import sqlalchemy_url
 
 Workload = Callable[["Run"], Awaitable[None]]
 
@@ -248,3 +254,37 @@ def _canon(events: list[Any]) -> list[Any]:
 
 def run_sync(coro: Awaitable[Any]) -> Any:
     return asyncio.get_event_loop().run_until_complete(coro)
+
+
+def create_schema(dsn: str, metadata: MetaData) -> None:
+    """Create ``metadata``'s tables in the database at ``dsn`` (from a sync fixture)."""
+
+    async def create() -> None:
+        engine = create_async_engine(sqlalchemy_url(dsn))
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(create())
+
+
+async def compare_modes(
+    dsn: str,
+    workload: Workload,
+    modes: Sequence[tuple[str, dict[str, Any]]],
+    **kw: Any,
+) -> tuple[Outcome, list[tuple[str, dict[str, Any], Outcome]]]:
+    """Run ``workload`` natively, then once per batching mode; assert each matches native."""
+    engine = create_async_engine(sqlalchemy_url(dsn))
+    try:
+        native = await run_workload(engine, workload, batching=None, **kw)
+        results = []
+        for label, options in modes:
+            other = await run_workload(engine, workload, batching=options, **kw)
+            assert_same(native, other, label)
+            results.append((label, options, other))
+        return native, results
+    finally:
+        await engine.dispose()

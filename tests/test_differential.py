@@ -6,12 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
-from support import assert_same, run_workload
-from test_property import MODES, make_workload, setup
-from zoo import EXPLICIT_SEQUENCES, Base, reset_codes
-
-from async_batch.testing import sqlalchemy_url
+from support import compare_modes, create_schema
+from test_property import MODES, ZOO, make_workload
+from zoo import Base
 
 EMPTY: dict[str, Any] = {
     "authors": [],
@@ -171,46 +168,19 @@ EXPECT_NATIVE = {"existing_tag"}
 
 @pytest.fixture
 def zoo_engine_dsn(database_dsn: str) -> str:
-    async def create() -> None:
-        engine = create_async_engine(sqlalchemy_url(database_dsn))
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-        await engine.dispose()
-
-    asyncio.run(create())
+    create_schema(database_dsn, Base.metadata)
     return database_dsn
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_shape_matches_native(zoo_engine_dsn: str, case: str) -> None:
-    async def go() -> None:
-        engine = create_async_engine(sqlalchemy_url(zoo_engine_dsn))
-        try:
-            kw: dict[str, Any] = {
-                "metadata": Base.metadata,
-                "sequences": EXPLICIT_SEQUENCES,
-                "setup": setup,
-                "before_run": reset_codes,
-            }
-            native = await run_workload(engine, make_workload(CASES[case]), batching=None, **kw)
-            for label, options in MODES:
-                other = await run_workload(
-                    engine, make_workload(CASES[case]), batching=options, **kw
-                )
-                assert_same(native, other, label)
-                if (
-                    options.get("fast_path", True)
-                    and native.error is None
-                    and case not in EXPECT_NATIVE
-                ):
-                    assert any(r and r.accelerated for r in other.reports), (
-                        label,
-                        [r and r.summary() for r in other.reports],
-                    )
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
+    _native, results = asyncio.run(
+        compare_modes(zoo_engine_dsn, make_workload(CASES[case]), MODES, **ZOO)
+    )
+    for label, options, other in results:
+        if options.get("fast_path", True) and other.error is None and case not in EXPECT_NATIVE:
+            summaries = [r and r.summary() for r in other.reports]
+            assert any(r and r.accelerated for r in other.reports), (label, summaries)
 
 
 def test_savepoint_rollback_matches_native(zoo_engine_dsn: str) -> None:
@@ -238,43 +208,12 @@ def test_savepoint_rollback_matches_native(zoo_engine_dsn: str) -> None:
         await s.commit()
         run.snapshot("commit")
 
-    async def go() -> None:
-        engine = create_async_engine(sqlalchemy_url(zoo_engine_dsn))
-        try:
-            kw: dict[str, Any] = {
-                "metadata": Base.metadata,
-                "sequences": EXPLICIT_SEQUENCES,
-                "before_run": reset_codes,
-            }
-            native = await run_workload(engine, workload, batching=None, **kw)
-            for label, options in MODES:
-                other = await run_workload(engine, workload, batching=options, **kw)
-                assert_same(native, other, label)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
+    kw = {**ZOO, "setup": None}
+    asyncio.run(compare_modes(zoo_engine_dsn, workload, MODES, **kw))
 
 
 @pytest.mark.parametrize("case", ["books_o2m_tags", "joined", "server_defaults", "widgets"])
 def test_without_expire_on_commit(zoo_engine_dsn: str, case: str) -> None:
     """With expire_on_commit=False what the flush loaded or expired stays visible after commit."""
-
-    async def go() -> None:
-        engine = create_async_engine(sqlalchemy_url(zoo_engine_dsn))
-        try:
-            kw: dict[str, Any] = {
-                "metadata": Base.metadata,
-                "sequences": EXPLICIT_SEQUENCES,
-                "setup": setup,
-                "before_run": reset_codes,
-                "expire_on_commit": False,
-            }
-            workload = make_workload(CASES[case])
-            native = await run_workload(engine, workload, batching=None, **kw)
-            other = await run_workload(engine, workload, batching={}, **kw)
-            assert_same(native, other, case)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
+    kw = {**ZOO, "expire_on_commit": False}
+    asyncio.run(compare_modes(zoo_engine_dsn, make_workload(CASES[case]), [("auto", {})], **kw))

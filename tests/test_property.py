@@ -8,13 +8,10 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import selectinload
-from support import Run, assert_same, run_workload
+from support import Run, compare_modes, create_schema
 from workloads import build, spec_s
 from zoo import EXPLICIT_SEQUENCES, Author, Base, Node, Shelf, Tag, Widget, reset_codes
-
-from async_batch.testing import sqlalchemy_url
 
 MODES: list[tuple[str, dict[str, Any]]] = [
     ("auto", {}),
@@ -77,33 +74,22 @@ async def setup(session: Any) -> None:
     )
 
 
+ZOO = {
+    "metadata": Base.metadata,
+    "sequences": EXPLICIT_SEQUENCES,
+    "setup": setup,
+    "before_run": reset_codes,
+}
+
+
 @pytest.fixture
 def zoo_dsn(database_dsn: str) -> str:
-    async def create() -> None:
-        engine = create_async_engine(sqlalchemy_url(database_dsn))
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-        await engine.dispose()
-
-    asyncio.run(create())
+    create_schema(database_dsn, Base.metadata)
     return database_dsn
 
 
 async def compare(dsn: str, spec: dict[str, Any]) -> None:
-    engine = create_async_engine(sqlalchemy_url(dsn))
-    try:
-        kw = {
-            "metadata": Base.metadata,
-            "sequences": EXPLICIT_SEQUENCES,
-            "setup": setup,
-            "before_run": reset_codes,
-        }
-        native = await run_workload(engine, make_workload(spec), batching=None, **kw)
-        for label, options in MODES:
-            other = await run_workload(engine, make_workload(spec), batching=options, **kw)
-            assert_same(native, other, label)
-    finally:
-        await engine.dispose()
+    await compare_modes(dsn, make_workload(spec), MODES, **ZOO)
 
 
 # Each example runs the workload six times against a real server (~0.3 s): the default profile
