@@ -13,7 +13,7 @@ import gc
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -634,7 +634,7 @@ class FlushRun:
                 elif rel.direction is MANYTOMANY and rel.secondary is not None:
                     if other is None:
                         continue
-                    rev = rel.prop._reverse_property  # noqa: SLF001
+                    rev = _sa.reverse_properties(rel.prop)
                     if (id(rel.prop), st, other) in seen_pairs:
                         continue
                     seen_pairs.add((id(rel.prop), st, other))
@@ -867,10 +867,14 @@ class FlushRun:
             by_pk[tuple(_sa.get_by_column(st, c) for c in pk_cols)] = st
         cols = [table.c[name] for name in job.returning[npk:]]
         undo = self._undo
+        keymaps: dict[Any, Mapping[Any, str]] = {}
         for row in returned:
             st = by_pk[tuple(row[:npk])]
-            d = st.dict
-            c2p = _sa.column_to_propkey(st.manager.mapper)
+            d = self._dicts[st]
+            mapper = st.manager.mapper
+            c2p = keymaps.get(mapper)
+            if c2p is None:
+                c2p = keymaps[mapper] = _sa.column_to_propkey(mapper)
             for col, value in zip(cols, row[npk:], strict=True):
                 key = c2p.get(col)
                 if key is None:
@@ -914,7 +918,7 @@ def _synced_from_relationship(info: MapperInfo, key: str) -> bool:
     for rel in info.relationships:
         if rel.direction is MANYTOONE:
             for _l, r in rel.pairs:
-                if info.mapper._columntoproperty[r].key == key:  # noqa: SLF001
+                if _sa.mapper_propkey(info.mapper, r) == key:
                     return True
     return False
 

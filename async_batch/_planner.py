@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,16 +311,4 @@ def related_states(
         hist = impl.get_history(state, d, passive)
         for obj in hist.added or ():
             out.append((rel, None if obj is None else instance_state(obj)))
-    return out
-
-
-def group_by_signature(states: Sequence[InstanceState[Any]]) -> list[InstanceState[Any]]:
-    """Reorder states so equal key sets are contiguous (first-appearance order)."""
-    groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
-    for st in states:
-        sig = (st.manager.mapper, frozenset(k for k, v in st.dict.items() if v is not None))
-        groups[sig].append(st)
-    out: list[InstanceState[Any]] = []
-    for g in groups.values():
-        out.extend(g)
     return out

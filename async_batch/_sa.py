@@ -47,11 +47,6 @@ def check_version() -> None:
 # --- session and unit of work -----------------------------------------------------------------
 
 
-def pending_states(session: Session) -> Iterable[InstanceState[Any]]:
-    """The session's pending (new) states, without building user-facing objects."""
-    return session._new.keys()  # noqa: SLF001
-
-
 def registered_new_states(flush_context: Any) -> list[InstanceState[Any]]:
     """States the unit of work will INSERT (registered, not delete, not list-only)."""
     return [
@@ -389,6 +384,17 @@ def get_by_column(state: InstanceState[Any], column: Column[Any]) -> Any:
     if key in d:
         return d[key]
     return state.manager[key].impl.get(state, d, passive=PassiveFlag.PASSIVE_OFF)
+
+
+def mapper_propkey(mapper: Mapper[Any], column: Any) -> str | None:
+    prop = mapper._columntoproperty.get(column)  # noqa: SLF001
+    return None if prop is None else str(prop.key)
+
+
+def reverse_properties(prop: Any) -> Iterable[Any]:
+    """The relationships SQLAlchemy links as each other's backref."""
+    result: Iterable[Any] = prop._reverse_property  # noqa: SLF001
+    return result
 
 
 def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:
