@@ -39,6 +39,7 @@ from ._planner import (
     TableSpec,
     mapper_info,
     related_states,
+    related_states_many,
 )
 from ._report import Fallback, FlushReport, TableWrite, logger, store
 from ._sequences import IdSource, TableMeta
@@ -69,17 +70,26 @@ class _Stale(Exception):
 _SQL_TYPES: dict[type, bool] = {}
 
 
-def _has_sql(d: dict[str, Any]) -> bool:
-    """Whether any attribute value is a SQL expression (decided once per value type)."""
-    known = _SQL_TYPES
-    for v in d.values():
-        t = type(v)
-        flag = known.get(t)
-        if flag is None:
-            flag = known[t] = issubclass(t, ClauseElement) or hasattr(t, "__clause_element__")
-        if flag:
-            return True
-    return False
+def _is_sql_type(t: type) -> bool:
+    """Whether values of this type are SQL expressions (decided once per type)."""
+    flag = _SQL_TYPES.get(t)
+    if flag is None:
+        flag = _SQL_TYPES[t] = issubclass(t, ClauseElement) or hasattr(t, "__clause_element__")
+    return flag
+
+
+def _sql_states(
+    states: list[InstanceState[Any]], dicts: dict[InstanceState[Any], dict[str, Any]]
+) -> list[InstanceState[Any]]:
+    """The states with an attribute set to a SQL expression: the value types of all the
+    states' dicts are collected in one pass first (almost always none is SQL)."""
+    types: set[type] = set()
+    update = types.update
+    for st in states:
+        update(map(type, dicts[st].values()))
+    if not any(_is_sql_type(t) for t in types):
+        return []
+    return [st for st in states if any(_is_sql_type(type(v)) for v in dicts[st].values())]
 
 
 @dataclass
@@ -117,6 +127,8 @@ class FlushRun:
         self.report = FlushReport()
         self.fast: list[InstanceState[Any]] = []
         self._undo: list[tuple[InstanceState[Any], str, Any]] = []
+        self._undo_ids: list[tuple[list[dict[str, Any]], str, list[Any]]] = []
+        self._plain_attrs: dict[tuple[Any, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
         self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
@@ -184,7 +196,7 @@ class FlushRun:
         states = _sa.registered_new_states(self.ctx)
         if not states:
             return
-        states.sort(key=_sa.insert_order)
+        _sa.sort_by_insert_order(states)
         # InstanceState.dict is a property (a weakref call): read each dict once
         dicts = self._dicts = {st: st.dict for st in states}
         session = self.session
@@ -194,14 +206,13 @@ class FlushRun:
             report.native = len(states)
             self._fallback("flush", "session uses a connection_callable (sharding)", len(states))
             return
-        conns: dict[int, Connection] = {}
-        mapper_conn: dict[Any, Connection] = {}
+        by_mapper: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
         for st in states:
-            m = st.manager.mapper
-            if m not in mapper_conn:
-                c = _sa.flush_connection(self.ctx, m)
-                mapper_conn[m] = c
-                conns[id(c)] = c
+            by_mapper[st.manager.mapper].append(st)
+        conns: dict[int, Connection] = {}
+        for m in by_mapper:
+            c = _sa.flush_connection(self.ctx, m)
+            conns[id(c)] = c
         if len(conns) != 1:
             report.native = len(states)
             self._fallback("flush", "mappers are bound to more than one connection", len(states))
@@ -230,9 +241,6 @@ class FlushRun:
         # 1. candidates
         candidate: set[InstanceState[Any]] = set()
         reasons: dict[Any, str] = {}
-        by_mapper: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
-        for st in states:
-            by_mapper[st.manager.mapper].append(st)
         for m, sts in by_mapper.items():
             info = infos[m] = mapper_info(m, dialect)
             for ts in info.tables:
@@ -244,7 +252,7 @@ class FlushRun:
             if info.fast_reason:
                 reasons.setdefault(m, info.fast_reason)
                 continue
-            sql = [st for st in sts if _has_sql(dicts[st])]
+            sql = _sql_states(sts, dicts)
             if sql:
                 # an attribute holds a SQL expression: only the unit of work can render it,
                 # and this must be known before any id is drawn from a sequence
@@ -279,9 +287,9 @@ class FlushRun:
                 info = infos[m]
                 if not info.relationships:
                     continue
+                related_states_many(sts, info, dicts, links)
                 for st in sts:
-                    found = links[st] = related_states(st, info, dicts[st])
-                    for rel, other in found:
+                    for rel, other in links[st]:
                         if other is None:
                             continue
                         if other.key is None:
@@ -391,7 +399,13 @@ class FlushRun:
 
         self._mark("plan")
         # 5. ids: one round trip for every sequence this flush needs
-        self._prefetch(conn, fast, native, infos, metas, set(regroup))
+        if len(fast) == len(states):
+            fast_groups: Mapping[Any, list[InstanceState[Any]]] = by_mapper
+        else:
+            fast_groups = defaultdict(list)
+            for st in fast:
+                fast_groups[st.manager.mapper].append(st)
+        self._prefetch(conn, fast_groups, native, infos, metas, set(regroup))
         for sts, new_order in regroup.values():
             if all(_ids_known(s, infos[s.manager.mapper]) for s in sts):
                 orders = sorted(_sa.insert_order(s) for s in sts)
@@ -403,8 +417,8 @@ class FlushRun:
 
         self._mark("prefetch")
         # 6. foreign keys from relationships, association rows, rows per table
-        secondary_rows = self._sync(fast, infos)
-        jobs = self._build(conn, fast, infos, metas, fast_tables, secondary_rows)
+        secondary_rows = self._sync(fast_groups, infos)
+        jobs = self._build(conn, fast_groups, infos, metas, fast_tables, secondary_rows)
 
         self._mark("rows")
         # 7. write, table by table in dependency order
@@ -469,18 +483,18 @@ class FlushRun:
     def _prefetch(
         self,
         conn: Connection,
-        fast: list[InstanceState[Any]],
+        fast_groups: Mapping[Any, list[InstanceState[Any]]],
         native: list[InstanceState[Any]],
         infos: dict[Any, MapperInfo],
         metas: dict[Table, TableMeta],
         mixed: set[Any],
     ) -> None:
         dicts = self._dicts
-        need: dict[tuple[str, str, str | None], tuple[IdSource, list[InstanceState[Any]]]] = {}
-
+        # per id source: the (attribute key, states in insert order) chunks that need ids
+        need: dict[tuple[str, str, str | None], tuple[IdSource, list[_Chunk]]] = {}
         sources: dict[Any, IdSource] = {}
 
-        def add(st: InstanceState[Any], info: MapperInfo) -> None:
+        def chunks_for(info: MapperInfo) -> list[_Chunk]:
             assert info.id_table is not None
             assert info.id_column is not None
             src = sources.get(info.id_table)
@@ -491,51 +505,69 @@ class FlushRun:
             entry = need.get(src.key)
             if entry is None:
                 entry = need[src.key] = (src, [])
-            entry[1].append(st)
+            return entry[1]
 
-        for st in fast:
-            info = infos[st.manager.mapper]
-            if info.id_propkey is not None and dicts[st].get(info.id_propkey) is None:
-                add(st, info)
+        for m, sts in fast_groups.items():
+            info = infos[m]
+            key = info.id_propkey
+            if key is None:
+                continue
+            missing = [st for st in sts if dicts[st].get(key) is None]
+            if missing:
+                chunks_for(info).append((key, missing))
         mode = self.options.prefetch
         if native and mode != "never":
             spend = bool(need)
+            native_groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
             for st in native:
-                info = infos[st.manager.mapper]
-                if info.id_propkey is None or info.id_table is None:
-                    continue
-                if dicts[st].get(info.id_propkey) is not None:
+                native_groups[st.manager.mapper].append(st)
+            for m, sts in native_groups.items():
+                info = infos[m]
+                key = info.id_propkey
+                if key is None or info.id_table is None:
                     continue
                 meta = metas[info.id_table]
                 if not meta.id_ok or meta.identity_always:
                     continue
-                if _sa.has_insert_listeners(st.manager.mapper):
+                if _sa.has_insert_listeners(m):
                     # a before_insert hook may assign ids itself; leave it alone
                     continue
-                if (
+                if not (
                     mode == "always"
                     or spend
                     or not info.id_table.implicit_returning
-                    or st.manager.mapper.base_mapper in mixed
+                    or m.base_mapper in mixed
                 ):
-                    add(st, info)
+                    continue
+                missing = [st for st in sts if dicts[st].get(key) is None]
+                if missing:
+                    chunks_for(info).append((key, missing))
         if not need:
             return
-        for _src, sts in need.values():
-            # fast and native objects may share a sequence: number them all in insert order
-            sts.sort(key=_sa.insert_order)
-            if infos[sts[0].manager.mapper].self_referential:
+        ordered: list[tuple[IdSource, list[_Chunk]]] = []
+        for src, chunks in need.values():
+            if len(chunks) > 1:
+                # fast and native objects, or several mappers, may share a sequence: number
+                # them all in insert order
+                merged = [(key, st) for key, sts in chunks for st in sts]
+                merged.sort(key=lambda ks: _sa.insert_order(ks[1]))
+                chunks = _rechunk(merged)
+            first = chunks[0][1][0]
+            if infos[first.manager.mapper].self_referential:
                 # the unit of work inserts a self-referencing mapper level by level (parents
                 # first), numbering rows in that order: hand out ids the same way
-                base = sts[0].manager.mapper.base_mapper
+                base = first.manager.mapper.base_mapper
                 in_flush = [
                     st
                     for st, (isdelete, listonly) in self.ctx.states.items()
                     if not isdelete and not listonly and st.manager.mapper.base_mapper is base
                 ]
                 depth = _depths(in_flush, infos, self._links, conn.dialect)
-                sts.sort(key=lambda st: (depth.get(st, 0), _sa.insert_order(st)))
-        requests = [(src, len(sts)) for src, sts in need.values()]
+                merged = [(key, st) for key, sts in chunks for st in sts]
+                merged.sort(key=lambda ks: (depth.get(ks[1], 0), _sa.insert_order(ks[1])))
+                chunks = _rechunk(merged)
+            ordered.append((src, chunks))
+        requests = [(src, sum(len(sts) for _k, sts in chunks)) for src, chunks in ordered]
         # validate every cached lookup whose table name search_path resolves, in the same trip
         checked = [
             (t, m) for t, m in metas.items() if _sequences.effective_schema(t.schema, conn) is None
@@ -549,21 +581,17 @@ class FlushRun:
         }
         if stale:
             raise _Stale(stale)
-        undo = self._undo
-        for (_src, sts), ids in zip(need.values(), values, strict=True):
-            if len(ids) != len(sts):  # pragma: no cover - server contract
+        undo = self._undo_ids
+        for (_src, chunks), ids in zip(ordered, values, strict=True):
+            if len(ids) != sum(len(sts) for _k, sts in chunks):  # pragma: no cover - server
                 raise RuntimeError("sequence prefetch returned the wrong number of ids")
-            keys: dict[Any, str] = {}
-            for st, new_id in zip(sts, ids, strict=True):
-                m = st.manager.mapper
-                key = keys.get(m)
-                if key is None:
-                    key = infos[m].id_propkey
-                    assert key is not None
-                    keys[m] = key
-                d = dicts[st]
-                undo.append((st, key, d.get(key, _MISSING)))
-                d[key] = new_id
+            pos = 0
+            for key, sts in chunks:
+                ds = [dicts[st] for st in sts]
+                undo.append((ds, key, [d.get(key, _MISSING) for d in ds]))
+                for d, new_id in zip(ds, ids[pos : pos + len(ds)], strict=True):
+                    d[key] = new_id
+                pos += len(ds)
             self.report.prefetched_ids += len(ids)
 
     # -- relationships -------------------------------------------------------------------------
@@ -576,15 +604,26 @@ class FlushRun:
         if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
             return
         self._undo.append((st, key, old))
-        _sa.set_attr(st, d, key, value)
+        ck = (st.manager, key)
+        plain = self._plain_attrs.get(ck)
+        if plain is None:
+            plain = self._plain_attrs[ck] = not _sa.has_set_listeners(st, key)
+        if plain:
+            d[key] = value
+        else:
+            _sa.set_attr(st, d, key, value)
 
     def _sync(
-        self, fast: list[InstanceState[Any]], infos: dict[Any, MapperInfo]
+        self,
+        fast_groups: Mapping[Any, list[InstanceState[Any]]],
+        infos: dict[Any, MapperInfo],
     ) -> dict[Table, list[dict[str, Any]]]:
         """Copy keys along relationships as ``dependency.py``/``sync.py`` would."""
         secondary: dict[Table, list[dict[str, Any]]] = defaultdict(list)
         seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
         dicts = self._dicts
+        links = self._links
+        set_ = self._set
         colkeys: dict[tuple[Any, Any], str] = {}
 
         def keyof(state: InstanceState[Any], col: Any) -> str:
@@ -602,50 +641,55 @@ class FlushRun:
                     return d[key]
             return _sa.get_by_column(state, col)
 
-        fast_set = set(fast)
-        for rel, parent, child in self._parents:
-            if child in fast_set:
-                for left, r in rel.pairs:
-                    self._set(child, keyof(child, r), get(parent, left))
-        for st in fast:
-            info = infos[st.manager.mapper]
-            # inherited primary keys under another attribute name
-            for ts in info.tables:
-                for src_key, dst_key in ts.equated:
-                    self._set(st, dst_key, self._dicts[st].get(src_key))
+        fast_set: set[InstanceState[Any]] | None = None
+        if self._parents:
+            fast_set = {st for sts in fast_groups.values() for st in sts}
+            for rel, parent, child in self._parents:
+                if child in fast_set:
+                    for left, r in rel.pairs:
+                        set_(child, keyof(child, r), get(parent, left))
+        # inherited primary keys under another attribute name, for every state first: other
+        # states' keys may be copied from them below
+        for m, sts in fast_groups.items():
+            equated = [pair for ts in infos[m].tables for pair in ts.equated]
+            for st in sts if equated else ():
+                d = dicts[st]
+                for src_key, dst_key in equated:
+                    set_(st, dst_key, d.get(src_key))
+        for m, sts in fast_groups.items():
+            info = infos[m]
             if not info.relationships:
                 continue
-            found = self._links.get(st)
-            if found is None:
-                found = self._links[st] = related_states(st, info, self._dicts.get(st))
-            for rel, other in found:
-                if rel.direction is MANYTOONE:
-                    if other is None:
-                        for _l, r in rel.pairs:
-                            self._set(st, keyof(st, r), None)
-                    else:
+            missing = [st for st in sts if st not in links]
+            if missing:
+                related_states_many(missing, info, dicts, links)
+            for st in sts:
+                for rel, other in links[st]:
+                    direction = rel.direction
+                    if direction is MANYTOONE:
+                        if other is None:
+                            for _l, r in rel.pairs:
+                                set_(st, keyof(st, r), None)
+                        else:
+                            for left, r in rel.pairs:
+                                set_(st, keyof(st, r), get(other, left))
+                    elif other is None:
+                        continue
+                    elif direction is ONETOMANY:
                         for left, r in rel.pairs:
-                            self._set(st, keyof(st, r), get(other, left))
-                elif rel.direction is ONETOMANY:
-                    if other is None:
-                        continue
-                    for left, r in rel.pairs:
-                        self._set(other, keyof(other, r), get(st, left))
-                elif rel.direction is MANYTOMANY and rel.secondary is not None:
-                    if other is None:
-                        continue
-                    rev = _sa.reverse_properties(rel.prop)
-                    if (id(rel.prop), st, other) in seen_pairs:
-                        continue
-                    seen_pairs.add((id(rel.prop), st, other))
-                    for rp in rev:
-                        seen_pairs.add((id(rp), other, st))
-                    row: dict[str, Any] = {}
-                    for left, r in rel.pairs:
-                        row[r.name] = get(st, left)
-                    for left, r in rel.secondary_pairs:
-                        row[r.name] = get(other, left)
-                    secondary[rel.secondary].append(row)
+                            set_(other, keyof(other, r), get(st, left))
+                    elif direction is MANYTOMANY and rel.secondary is not None:
+                        if (id(rel.prop), st, other) in seen_pairs:
+                            continue
+                        seen_pairs.add((id(rel.prop), st, other))
+                        for rp in _sa.reverse_properties(rel.prop):
+                            seen_pairs.add((id(rp), other, st))
+                        row: dict[str, Any] = {}
+                        for left, r in rel.pairs:
+                            row[r.name] = get(st, left)
+                        for left, r in rel.secondary_pairs:
+                            row[r.name] = get(other, left)
+                        secondary[rel.secondary].append(row)
         return secondary
 
     # -- rows ----------------------------------------------------------------------------------
@@ -653,16 +697,16 @@ class FlushRun:
     def _build(
         self,
         conn: Connection,
-        fast: list[InstanceState[Any]],
+        fast_groups: Mapping[Any, list[InstanceState[Any]]],
         infos: dict[Any, MapperInfo],
         metas: dict[Table, TableMeta],
         tables: list[Table],
         secondary_rows: dict[Table, list[dict[str, Any]]],
     ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
-        per_table: dict[Table, list[tuple[InstanceState[Any], TableSpec]]] = defaultdict(list)
-        for st in fast:
-            for ts in infos[st.manager.mapper].tables:
-                per_table[ts.table].append((st, ts))
+        per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]] = defaultdict(list)
+        for m, sts in fast_groups.items():
+            for ts in infos[m].tables:
+                per_table[ts.table].append((ts, sts))
 
         jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]] = []
         for table in tables:
@@ -671,10 +715,10 @@ class FlushRun:
             if table in secondary_rows:
                 jobs.extend(self._secondary_jobs(conn, table, tref, schema, secondary_rows[table]))
                 continue
-            entries = per_table.get(table)
-            if entries:
+            chunks = per_table.get(table)
+            if chunks:
                 meta = metas.get(table) or _sequences.table_meta(conn, table, None)
-                jobs.extend(self._table_jobs(table, tref, schema, meta, entries))
+                jobs.extend(self._table_jobs(table, tref, schema, meta, chunks))
         return jobs
 
     def _secondary_jobs(
@@ -717,12 +761,13 @@ class FlushRun:
         tref: str,
         schema: str | None,
         meta: TableMeta,
-        entries: list[tuple[InstanceState[Any], TableSpec]],
+        chunks: list[tuple[TableSpec, list[InstanceState[Any]]]],
     ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
+        """Rows for one table from (spec, states) chunks, one chunk per mapper writing it."""
         undo = self._undo
         defaulted = meta.defaulted_columns
         specs: dict[int, TableSpec] = {}
-        for _st, ts in entries:
+        for ts, _sts in chunks:
             specs.setdefault(id(ts), ts)
         names_in = {c.name for ts in specs.values() for c in ts.columns}
         all_names = [c.name for c in table.c if c.name in names_in]
@@ -754,8 +799,48 @@ class FlushRun:
 
         groups: dict[tuple[str, ...], tuple[list[tuple[Any, ...]], list[Any], list[Any]]] = {}
         dicts = self._dicts
+        simple: dict[int, list[str]] = {}
+        for spec_id, (plan, pos, _fill) in plans.items():
+            # every value is the attribute as it is, None when absent: no defaults to
+            # evaluate, no bind processing, no column left out (primary keys are known by now)
+            pks = specs[spec_id].pk_propkeys
+            if pos is None and all(
+                bind is None
+                and orm_dflt is _MISSING
+                and (kind in (D_NULL, D_NONE) or propkey in pks)
+                for propkey, _n, _en, bind, kind, _dv, orm_dflt in plan
+            ):
+                simple[spec_id] = [p[0] for p in plan]
+        entries: list[tuple[InstanceState[Any], TableSpec]] = []
+        if len(chunks) == 1 and simple:
+            # one kind of row for the whole table: read all of them in one comprehension
+            ts0, sts0 = chunks[0]
+            keys = simple[id(ts0)]
+            rows0 = [tuple(map(dicts[st].get, keys)) for st in sts0]
+            pk_at = [i for i, k in enumerate(keys) if k in ts0.pk_propkeys]
+            if not any(r[i] is None for i in pk_at for r in rows0):
+                groups[()] = (rows0, sts0, [ts0] * len(sts0))
+                chunks = []
+        if len(chunks) == 1:
+            ts0, sts0 = chunks[0]
+            entries = [(st, ts0) for st in sts0]
+        elif chunks:
+            # several mappers write this table (single-table inheritance): insert order
+            entries = sorted(
+                ((st, ts) for ts, sts in chunks for st in sts),
+                key=lambda e: _sa.insert_order(e[0]),
+            )
         for st, ts in entries:
             d = dicts[st]
+            keys_s = simple.get(id(ts))
+            if keys_s is not None and all(d.get(k) is not None for k in ts.pk_propkeys):
+                g = groups.get(())
+                if g is None:
+                    g = groups[()] = ([], [], [])
+                g[0].append(tuple(map(d.get, keys_s)))
+                g[1].append(st)
+                g[2].append(ts)
+                continue
             plan, pos, fill = plans[id(ts)]
             values: list[Any] = []
             omitted = False
@@ -896,7 +981,30 @@ class FlushRun:
                 d[key] = old
             st.committed_state.pop(key, None)
         undo.clear()
+        # prefetched ids were set before anything else: restore them last
+        for ds, key, olds in reversed(self._undo_ids):
+            n += len(ds)
+            for d, old in zip(ds, olds, strict=True):
+                if old is _MISSING:
+                    d.pop(key, None)
+                else:
+                    d[key] = old
+        self._undo_ids.clear()
         logger.debug("flush failed; reverted %d attribute values", n)
+
+
+_Chunk = tuple[str, list[InstanceState[Any]]]
+
+
+def _rechunk(pairs: list[tuple[str, InstanceState[Any]]]) -> list[_Chunk]:
+    """Consecutive (key, state) pairs with the same key as (key, states) chunks."""
+    out: list[_Chunk] = []
+    for key, st in pairs:
+        if out and out[-1][0] == key:
+            out[-1][1].append(st)
+        else:
+            out.append((key, [st]))
+    return out
 
 
 def _pks_known(st: InstanceState[Any], info: MapperInfo) -> bool:

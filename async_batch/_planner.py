@@ -312,3 +312,31 @@ def related_states(
         for obj in hist.added or ():
             out.append((rel, None if obj is None else instance_state(obj)))
     return out
+
+
+def related_states_many(
+    states: list[InstanceState[Any]],
+    info: MapperInfo,
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    out: dict[InstanceState[Any], list[tuple[Relationship, InstanceState[Any] | None]]],
+) -> None:
+    """``related_states`` for many new states of one mapper, relationship by relationship
+    (each state's list comes out in the same order as ``related_states`` gives it)."""
+    lists = [out.setdefault(st, []) for st in states]
+    for rel in info.relationships:
+        key = rel.key
+        to_one = rel.direction is MANYTOONE
+        for st, found in zip(states, lists, strict=True):
+            d = dicts[st]
+            if key not in d:
+                continue
+            if st.committed_state.get(key, MISSING) is NO_VALUE:
+                current = d[key]
+                if to_one:
+                    found.append((rel, None if current is None else instance_state(current)))
+                else:
+                    found.extend([(rel, instance_state(obj)) for obj in current])
+                continue
+            hist = st.manager[key].impl.get_history(st, d, PassiveFlag.PASSIVE_NO_INITIALIZE)
+            for obj in hist.added or ():
+                found.append((rel, None if obj is None else instance_state(obj)))

@@ -11,6 +11,7 @@ and ``check_version()`` refuses versions this module was not written for.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -204,6 +205,17 @@ def collection_history(state: InstanceState[Any], key: str) -> Any:
 
 def insert_order(state: InstanceState[Any]) -> int:
     return int(state.insert_order or 0)
+
+
+_insert_order_attr = operator.attrgetter("insert_order")
+
+
+def sort_by_insert_order(states: list[InstanceState[Any]]) -> None:
+    """Sort in the order the objects were added (the unit of work's INSERT order)."""
+    try:
+        states.sort(key=_insert_order_attr)
+    except TypeError:  # some insert_order is None
+        states.sort(key=insert_order)
 
 
 def set_insert_order(state: InstanceState[Any], value: int) -> None:
@@ -400,6 +412,10 @@ def reverse_properties(prop: Any) -> Iterable[Any]:
 def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:
     key: str = state.manager.mapper._columntoproperty[column].key  # noqa: SLF001
     return key
+
+
+def has_set_listeners(state: InstanceState[Any], key: str) -> bool:
+    return bool(state.manager[key].impl.dispatch.set)
 
 
 def set_attr(state: InstanceState[Any], d: dict[str, Any], key: str, value: Any) -> None:
