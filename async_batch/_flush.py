@@ -83,10 +83,7 @@ def _sql_states(
 ) -> list[InstanceState[Any]]:
     """The states with an attribute set to a SQL expression: the value types of all the
     states' dicts are collected in one pass first (almost always none is SQL)."""
-    types: set[type] = set()
-    update = types.update
-    for st in states:
-        update(map(type, dicts[st].values()))
+    types = set(map(type, itertools.chain.from_iterable([dicts[st].values() for st in states])))
     if not any(_is_sql_type(t) for t in types):
         return []
     return [st for st in states if any(_is_sql_type(type(v)) for v in dicts[st].values())]
@@ -126,8 +123,10 @@ class FlushRun:
         self.options = options
         self.report = FlushReport()
         self.fast: list[InstanceState[Any]] = []
+        self.fast_groups: Mapping[Any, list[InstanceState[Any]]] = {}
         self._undo: list[tuple[InstanceState[Any], str, Any]] = []
-        self._undo_ids: list[tuple[list[dict[str, Any]], str, list[Any]]] = []
+        self._undo_ids: list[tuple[list[dict[str, Any]], str, list[dict[str, Any]]]] = []
+        """(dicts given prefetched ids, key, those of them that held None before)"""
         self._plain_attrs: dict[tuple[Any, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -139,6 +138,7 @@ class FlushRun:
     def _reset(self) -> None:
         self.report = FlushReport(phases=self.report.phases)
         self.fast = []
+        self.fast_groups = {}
         self._links = {}
         self._parents = []
         self.parents_done = []
@@ -177,7 +177,7 @@ class FlushRun:
             _sa.release_states(self.ctx, self.fast)
             _sa.release_states(self.ctx, self.parents_done)
             native_finalize()
-            _sa.register_persistent(self.session, self.fast, self._dicts)
+            _sa.register_persistent(self.session, self.fast_groups, self._dicts)
             _sa.register_persistent_native(self.session, self.parents_done)
         self._mark("adopt")
         store(self.session, self.report)
@@ -186,7 +186,8 @@ class FlushRun:
 
     def _mark(self, phase: str) -> None:
         now = time.perf_counter()
-        self.report.phases[phase] = now - self._t0
+        phases = self.report.phases
+        phases[phase] = phases.get(phase, 0.0) + (now - self._t0)
         self._t0 = now
 
     def _fallback(self, what: str, reason: str, objects: int = 0) -> None:
@@ -198,7 +199,7 @@ class FlushRun:
             return
         _sa.sort_by_insert_order(states)
         # InstanceState.dict is a property (a weakref call): read each dict once
-        dicts = self._dicts = {st: st.dict for st in states}
+        dicts = self._dicts = _sa.state_dicts(states)
         session = self.session
         report = self.report
 
@@ -206,9 +207,7 @@ class FlushRun:
             report.native = len(states)
             self._fallback("flush", "session uses a connection_callable (sharding)", len(states))
             return
-        by_mapper: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
-        for st in states:
-            by_mapper[st.manager.mapper].append(st)
+        by_mapper = _sa.group_by_mapper(states)
         conns: dict[int, Connection] = {}
         for m in by_mapper:
             c = _sa.flush_connection(self.ctx, m)
@@ -351,6 +350,8 @@ class FlushRun:
                 fast = [s for s in states if s not in bad]
             else:
                 fast = states
+        elif len(candidate) == len(states):
+            fast = states
         else:
             fast = [s for s in states if s in candidate]
 
@@ -380,7 +381,7 @@ class FlushRun:
 
         self._mark("classify")
         fast_set = set(fast)
-        native = [s for s in states if s not in fast_set]
+        native = [s for s in states if s not in fast_set] if len(fast) < len(states) else []
         counts: dict[Any, int] = defaultdict(int)
         for s in native:
             counts[s.manager.mapper] += 1
@@ -435,6 +436,7 @@ class FlushRun:
         self._mark("write")
         _sa.withhold_states(self.ctx, fast)
         self.fast = fast
+        self.fast_groups = fast_groups
         report.accelerated = len(fast)
         # persistent parents whose only change is that their collections gained the objects we
         # just wrote: nothing is left for the unit of work to do with them but bookkeeping
@@ -588,7 +590,8 @@ class FlushRun:
             pos = 0
             for key, sts in chunks:
                 ds = [dicts[st] for st in sts]
-                undo.append((ds, key, [d.get(key, _MISSING) for d in ds]))
+                # the states had no id: the key was absent, or None (kept for the undo)
+                undo.append((ds, key, [d for d in ds if key in d]))
                 for d, new_id in zip(ds, ids[pos : pos + len(ds)], strict=True):
                     d[key] = new_id
                 pos += len(ds)
@@ -656,6 +659,39 @@ class FlushRun:
                 d = dicts[st]
                 for src_key, dst_key in equated:
                     set_(st, dst_key, d.get(src_key))
+        undo = self._undo
+        plain_attrs = self._plain_attrs
+        key_pairs: dict[tuple[int, Any, Any], list[tuple[Any, str, str]]] = {}
+
+        def copy_keys(rel: Any, src: InstanceState[Any], dst: InstanceState[Any]) -> None:
+            """``sync.populate``: the referenced columns of ``src`` into the foreign key
+            columns of ``dst`` (the relationship's pairs, resolved to attribute keys once
+            per pair of mappers)."""
+            dm = dst.manager
+            ck = (id(rel), src.manager, dm)
+            pairs = key_pairs.get(ck)
+            if pairs is None:
+                pairs = key_pairs[ck] = [
+                    (left, keyof(src, left), keyof(dst, r)) for left, r in rel.pairs
+                ]
+            sd = dicts.get(src)
+            dd = dicts.get(dst)
+            if dd is None:
+                dd = dst.dict
+            for left, sk, dk in pairs:
+                v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
+                old = dd.get(dk, _MISSING)
+                if old is v or (old is not _MISSING and old == v and type(old) is type(v)):
+                    continue
+                undo.append((dst, dk, old))
+                plain = plain_attrs.get((dm, dk))
+                if plain is None:
+                    plain = plain_attrs[(dm, dk)] = not _sa.has_set_listeners(dst, dk)
+                if plain:
+                    dd[dk] = v
+                else:
+                    _sa.set_attr(dst, dd, dk, v)
+
         for m, sts in fast_groups.items():
             info = infos[m]
             if not info.relationships:
@@ -671,13 +707,11 @@ class FlushRun:
                             for _l, r in rel.pairs:
                                 set_(st, keyof(st, r), None)
                         else:
-                            for left, r in rel.pairs:
-                                set_(st, keyof(st, r), get(other, left))
+                            copy_keys(rel, other, st)
                     elif other is None:
                         continue
                     elif direction is ONETOMANY:
-                        for left, r in rel.pairs:
-                            set_(other, keyof(other, r), get(st, left))
+                        copy_keys(rel, st, other)
                     elif direction is MANYTOMANY and rel.secondary is not None:
                         if (id(rel.prop), st, other) in seen_pairs:
                             continue
@@ -982,13 +1016,12 @@ class FlushRun:
             st.committed_state.pop(key, None)
         undo.clear()
         # prefetched ids were set before anything else: restore them last
-        for ds, key, olds in reversed(self._undo_ids):
+        for ds, key, had_none in reversed(self._undo_ids):
             n += len(ds)
-            for d, old in zip(ds, olds, strict=True):
-                if old is _MISSING:
-                    d.pop(key, None)
-                else:
-                    d[key] = old
+            for d in ds:
+                d.pop(key, None)
+            for d in had_none:
+                d[key] = None
         self._undo_ids.clear()
         logger.debug("flush failed; reverted %d attribute values", n)
 

@@ -19,6 +19,7 @@ import sqlalchemy
 from sqlalchemy import Column, Table
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import schema as sa_schema
@@ -57,15 +58,45 @@ def registered_new_states(flush_context: Any) -> list[InstanceState[Any]]:
     ]
 
 
+_mapper_of = operator.attrgetter("manager.mapper")
+_obj_of = operator.methodcaller("obj")
+
+
+def group_by_mapper(
+    states: list[InstanceState[Any]],
+) -> dict[Mapper[Any], list[InstanceState[Any]]]:
+    """States per mapper, each list in the given order."""
+    mappers = list(map(_mapper_of, states))
+    if len(set(mappers)) == 1:
+        return {mappers[0]: list(states)}
+    out: dict[Mapper[Any], list[InstanceState[Any]]] = {}
+    for m, st in zip(mappers, states, strict=True):
+        group = out.get(m)
+        if group is None:
+            out[m] = [st]
+        else:
+            group.append(st)
+    return out
+
+
+def state_dicts(states: list[InstanceState[Any]]) -> dict[InstanceState[Any], dict[str, Any]]:
+    """Each state's instance dict (``InstanceState.dict`` for live objects, which pending
+    objects in a session are), read without the property's per-call overhead."""
+    try:
+        return dict(zip(states, map(orm_base.instance_dict, map(_obj_of, states)), strict=True))
+    except AttributeError:  # an object is gone: the property's answer, {}, for it
+        return {st: st.dict for st in states}
+
+
 def withhold_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
     """Keep written states registered (so a dependency processor that cascades to them finds
     them already there instead of registering them again) but out of every per-mapper set the
     save and dependency actions iterate, so the unit of work never writes them."""
-    uow_states = flush_context.states
+    states = list(states)
+    flush_context.states.update(dict.fromkeys(states, (False, True)))
     mappers = flush_context.mappers
-    for st in states:
-        uow_states[st] = (False, True)
-        mappers[st.manager.mapper].discard(st)
+    for m, group in group_by_mapper(states).items():
+        mappers[m].difference_update(group)
 
 
 def release_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
@@ -112,14 +143,14 @@ def has_connection_callable(session: Session) -> bool:
 
 def register_persistent(
     session: Session,
-    states: Sequence[InstanceState[Any]],
+    groups: Mapping[Mapper[Any], Sequence[InstanceState[Any]]],
     dicts: Mapping[InstanceState[Any], dict[str, Any]],
 ) -> None:
-    """Make written states persistent exactly as ``Session._register_persistent`` does
-    (identity key and map, committed state, transaction bookkeeping,
+    """Make written states (per mapper) persistent exactly as ``Session._register_persistent``
+    does (identity key and map, committed state, transaction bookkeeping,
     ``pending_to_persistent``), inlined for pending states whose keys are new to the map;
     anything else goes through the session's own method."""
-    if not states:
+    if not groups:
         return
     idmap = session.identity_map
     id_dict = idmap._dict  # noqa: SLF001
@@ -127,27 +158,28 @@ def register_persistent(
     modified = idmap._modified  # noqa: SLF001
     new = session._new  # noqa: SLF001
     trans = session._transaction  # noqa: SLF001
-    trans_new = trans._new if trans is not None else None  # noqa: SLF001
     p2p = session.dispatch.pending_to_persistent or None
     slow: set[InstanceState[Any]] = set()
     adopted: list[InstanceState[Any]] = []
-    by_mapper: dict[Any, list[InstanceState[Any]]] = {}
-    for state in states:
-        by_mapper.setdefault(state.manager.mapper, []).append(state)
-    for mapper, group in by_mapper.items():
+    for mapper, group in groups.items():
         identity_class = mapper._identity_class  # noqa: SLF001
         keys = [p.key for p in mapper._identity_key_props]  # noqa: SLF001
         single = keys[0] if len(keys) == 1 else None
         for state in group:
             d = dicts[state]
-            ident = (d.get(single),) if single is not None else tuple([d.get(k) for k in keys])
+            if single is not None:
+                v = d.get(single)
+                ident: tuple[Any, ...] = (v,)
+                partial = v is None
+            else:
+                ident = tuple([d.get(k) for k in keys])
+                partial = None in ident
             # a pending state's identity token is None (no key yet)
             key = (identity_class, ident, None)
-            if state.key is not None or key in id_dict or None in ident:
+            if partial or state.key is not None or id_dict.setdefault(key, state) is not state:
                 slow.add(state)
                 continue
             state.key = key
-            id_dict[key] = state
             state._instance_dict = wr  # noqa: SLF001
             state._orphaned_outside_of_session = False  # noqa: SLF001
             # InstanceState._commit_all_states, inlined
@@ -162,9 +194,9 @@ def register_persistent(
                 modified.discard(state)
             state.modified = state.expired = False
             state._strong_obj = None  # noqa: SLF001
-            if trans_new is not None:
-                trans_new[state] = True
             adopted.append(state)
+    if trans is not None:
+        trans._new.update(dict.fromkeys(adopted, True))  # noqa: SLF001
     if p2p is not None:
         for state in adopted:
             p2p(session, state)
