@@ -849,9 +849,9 @@ class FlushRun:
         if len(chunks) == 1 and simple:
             # one kind of row for the whole table: read all of them in one comprehension
             ts0, sts0 = chunks[0]
-            keys = simple[id(ts0)]
-            rows0 = [tuple(map(dicts[st].get, keys)) for st in sts0]
-            pk_at = [i for i, k in enumerate(keys) if k in ts0.pk_propkeys]
+            keys0 = simple[id(ts0)]
+            rows0 = [tuple(map(dicts[st].get, keys0)) for st in sts0]
+            pk_at = [i for i, k in enumerate(keys0) if k in ts0.pk_propkeys]
             if not any(r[i] is None for i in pk_at for r in rows0):
                 groups[()] = (rows0, sts0, [ts0] * len(sts0))
                 chunks = []
