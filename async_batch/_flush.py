@@ -125,8 +125,7 @@ class FlushRun:
         self.fast: list[InstanceState[Any]] = []
         self.fast_groups: Mapping[Any, list[InstanceState[Any]]] = {}
         self._undo: list[tuple[InstanceState[Any], str, Any]] = []
-        self._undo_ids: list[tuple[list[dict[str, Any]], str, list[dict[str, Any]]]] = []
-        """(dicts given prefetched ids, key, those of them that held None before)"""
+        self._undo_ids: list[_sequences.IdUndo] = []
         self._plain_attrs: dict[tuple[Any, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -569,33 +568,26 @@ class FlushRun:
                 merged.sort(key=lambda ks: (depth.get(ks[1], 0), _sa.insert_order(ks[1])))
                 chunks = _rechunk(merged)
             ordered.append((src, chunks))
-        requests = [(src, sum(len(sts) for _k, sts in chunks)) for src, chunks in ordered]
         # validate every cached lookup whose table name search_path resolves, in the same trip
         checked = [
             (t, m) for t, m in metas.items() if _sequences.effective_schema(t.schema, conn) is None
         ]
-        values, oids = _sequences.prefetch(
-            conn, requests, [_sequences.qualified(conn, None, t.name) for t, _m in checked]
-        )
-        self.report.prefetch_round_trips += 1
-        stale = {
-            t for (t, m), oid in zip(checked, oids[len(requests) :], strict=True) if oid != m.oid
-        }
-        if stale:
-            raise _Stale(stale)
-        undo = self._undo_ids
-        for (_src, chunks), ids in zip(ordered, values, strict=True):
-            if len(ids) != sum(len(sts) for _k, sts in chunks):  # pragma: no cover - server
-                raise RuntimeError("sequence prefetch returned the wrong number of ids")
-            pos = 0
-            for key, sts in chunks:
-                ds = [dicts[st] for st in sts]
-                # the states had no id: the key was absent, or None (kept for the undo)
-                undo.append((ds, key, [d for d in ds if key in d]))
-                for d, new_id in zip(ds, ids[pos : pos + len(ds)], strict=True):
-                    d[key] = new_id
-                pos += len(ds)
-            self.report.prefetched_ids += len(ids)
+        wanted = [
+            (src, [(key, [dicts[st] for st in sts]) for key, sts in chunks])
+            for src, chunks in ordered
+        ]
+        try:
+            undo = _sequences.draw_ids(
+                conn,
+                wanted,
+                [(_sequences.qualified(conn, None, t.name), m.oid) for t, m in checked],
+            )
+        except _sequences.StaleLookup as stale:
+            raise _Stale({checked[i][0] for i in stale.positions}) from None
+        finally:
+            self.report.prefetch_round_trips += 1
+        self._undo_ids.extend(undo)
+        self.report.prefetched_ids += sum(len(ds) for ds, _key, _none in undo)
 
     # -- relationships -------------------------------------------------------------------------
 

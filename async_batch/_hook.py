@@ -145,7 +145,7 @@ def reserve(session: Session, objects: Iterable[Any]) -> None:
     """Assign ids to new objects now, with the one-round-trip prefetch."""
     from sqlalchemy import inspect
 
-    requests: dict[Any, tuple[Any, list[Any]]] = {}
+    requests: dict[Any, tuple[Any, list[tuple[str, list[dict[str, Any]]]]]] = {}
     conn = None
     for obj in objects:
         state = inspect(obj)
@@ -165,13 +165,11 @@ def reserve(session: Session, objects: Iterable[Any]) -> None:
         if not meta.id_ok:
             raise ValueError(f"cannot reserve ids for {mapper.class_.__name__}: {meta.id_reason}")
         src = _sequences.id_source(conn, info.id_table, info.id_column)
-        entry = requests.setdefault(src.key, (src, []))
-        entry[1].append((state, info.id_propkey))
+        chunks = requests.setdefault(src.key, (src, []))[1]
+        if chunks and chunks[-1][0] == info.id_propkey:
+            chunks[-1][1].append(state.dict)
+        else:
+            chunks.append((info.id_propkey, [state.dict]))
     if not requests or conn is None:
         return
-    values, _oids = _sequences.prefetch(
-        conn, [(src, len(items)) for src, items in requests.values()]
-    )
-    for (_src, items), ids in zip(requests.values(), values, strict=True):
-        for (state, key), new_id in zip(items, ids, strict=True):
-            state.dict[key] = new_id
+    _sequences.draw_ids(conn, list(requests.values()))

@@ -1,4 +1,5 @@
-"""Every private SQLAlchemy API async_batch touches lives here.
+"""Every private SQLAlchemy API async_batch touches lives here (and the two asyncpg internals
+the writer's cancellation workaround needs).
 
 SQLAlchemy gives us no public way to write rows for pending objects ourselves and then hand
 them back to the session as if its own flush had written them. What we need is small and has
@@ -383,6 +384,23 @@ def ensure_transaction(connection: Connection) -> None:
             adapted.run_async(lambda _raw: adapted._start_transaction())  # noqa: SLF001
         except Exception as err:  # pragma: no cover - BEGIN failing is a dead connection
             raise_dbapi_error(connection, err, "BEGIN")
+
+
+def driver_sending_paused(raw: Any) -> bool:
+    """Whether asyncpg is waiting for its transport to accept more data (a pipelined
+    executemany still sending). asyncpg internals (``_protocol.writing_allowed``), needed for
+    the executemany-cancellation workaround in ``_writer._guarded`` until asyncpg fixes it."""
+    protocol = getattr(raw, "_protocol", None)
+    allowed = getattr(protocol, "writing_allowed", None)
+    return allowed is not None and not allowed.is_set()
+
+
+def driver_send_sync(raw: Any) -> None:
+    """Send the Sync message that ends an extended-protocol pipeline, straight on asyncpg's
+    transport (what asyncpg itself does when such a batch times out)."""
+    transport = getattr(raw, "_transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.write(b"S\x00\x00\x00\x04")
 
 
 def run_raw(connection: Connection, fn: Callable[[Any], Any], statement: str) -> Any:

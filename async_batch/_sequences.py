@@ -239,6 +239,52 @@ def prefetch(
     return ids, [r[0] for r in result]
 
 
+IdUndo = tuple[list[dict[str, Any]], str, list[dict[str, Any]]]
+"""(instance dicts given ids, attribute key, those of them that held None before)"""
+
+
+class StaleLookup(Exception):
+    """Some ``expect``-ed table reference resolves to another table than the cached lookup."""
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(positions)
+        self.positions = positions
+
+
+def draw_ids(
+    connection: Connection,
+    wanted: Sequence[tuple[IdSource, Sequence[tuple[str, list[dict[str, Any]]]]]],
+    expect: Sequence[tuple[str, int | None]] = (),
+) -> list[IdUndo]:
+    """Give new ids to instance dicts in one round trip: per source, its (attribute key,
+    dicts) chunks in order, numbered in the order the sequence hands the values out.
+
+    ``expect`` lists (table reference, OID of the cached lookup); if any now resolves to
+    another OID, ``StaleLookup`` is raised before anything is assigned. Returns what undoes
+    the assignment."""
+    requests = [(src, sum(len(ds) for _key, ds in chunks)) for src, chunks in wanted]
+    values, oids = prefetch(connection, requests, [tref for tref, _oid in expect])
+    stale = [
+        i
+        for i, ((_tref, oid), now) in enumerate(zip(expect, oids[len(requests) :], strict=True))
+        if now != oid
+    ]
+    if stale:
+        raise StaleLookup(stale)
+    undo: list[IdUndo] = []
+    for (_src, chunks), ids in zip(wanted, values, strict=True):
+        if len(ids) != sum(len(ds) for _key, ds in chunks):  # pragma: no cover - server
+            raise RuntimeError("sequence prefetch returned the wrong number of ids")
+        pos = 0
+        for key, ds in chunks:
+            # the objects had no id: the key was absent, or None (kept for the undo)
+            undo.append((ds, key, [d for d in ds if key in d]))
+            for d, new_id in zip(ds, ids[pos : pos + len(ds)], strict=True):
+                d[key] = new_id
+            pos += len(ds)
+    return undo
+
+
 def clear_cache() -> None:
     """Forget cached catalog lookups (after DDL that changes tables or sequences)."""
     with _lock:

@@ -157,7 +157,7 @@ async def _guarded(raw: Any, operation: Any, pipelined: bool = False) -> Any:
             ) from None
         # We were cancelled ourselves: stop the operation, and let asyncpg finish before
         # anything else (the rollback) uses the connection.
-        unsynced = pipelined and not task.done() and _sending_paused(raw)
+        unsynced = pipelined and not task.done() and _sa.driver_sending_paused(raw)
         while not task.done():
             # asyncpg's pipelined executemany swallows a cancellation that arrives while it is
             # still sending (its ``finally: return await waiter``); the next one cancels the
@@ -168,22 +168,10 @@ async def _guarded(raw: Any, operation: Any, pipelined: bool = False) -> Any:
             # ... but it never sends the Sync that ends the pipeline, so the server would wait
             # for it and asyncpg for the server, forever. Send it (asyncpg does the same when
             # such a batch times out).
-            _send_sync(raw)
+            _sa.driver_send_sync(raw)
         raise
     finally:
         raw.remove_termination_listener(on_terminated)
-
-
-def _sending_paused(raw: Any) -> bool:
-    protocol = getattr(raw, "_protocol", None)
-    allowed = getattr(protocol, "writing_allowed", None)
-    return allowed is not None and not allowed.is_set()
-
-
-def _send_sync(raw: Any) -> None:
-    transport = getattr(raw, "_transport", None)
-    if transport is not None and not transport.is_closing():
-        transport.write(b"S\x00\x00\x00\x04")
 
 
 def _parents_first(
