@@ -1,15 +1,16 @@
 """Helpers for the web-example tests (payloads, database checks, flush-report capture).
 
-Fixtures stay in the test modules; these are plain functions.
+Fixtures stay in the test modules; these are plain functions and context managers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
@@ -42,11 +43,25 @@ def cold_bound(tables: int) -> int:
     return warm_bound(tables) + (1 + tables) + 6
 
 
-def app_engine(proxy: WireProxy, dsn: str) -> AsyncEngine:
-    """An engine through ``proxy`` with a pool big enough for 20 concurrent requests."""
-    return create_async_engine(
+@contextlib.asynccontextmanager
+async def app_engine(proxy: WireProxy, dsn: str) -> AsyncIterator[AsyncEngine]:
+    """An engine through ``proxy`` with a pool big enough for 20 concurrent requests, disposed
+    of at exit (the ``db`` fixture of each example's tests)."""
+    engine = create_async_engine(
         sqlalchemy_url(proxy.dsn_for(dsn)), pool_size=POOL_SIZE, max_overflow=0
     )
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def open_pool(engine: AsyncEngine) -> None:
+    """Open all the pool's connections up front (and return them to it): connecting costs its
+    own round trips, which a measured window should not see."""
+    conns = await asyncio.gather(*(engine.connect() for _ in range(POOL_SIZE)))
+    for conn in conns:
+        await conn.close()
 
 
 def payload(
@@ -76,7 +91,7 @@ def payload(
 
 # Bodies POST /sequences must reject with 422: (id, body, part of the message).
 _GOOD = {"name": "good", "bases": BASES, "annotations": []}
-MALFORMED: list[tuple[str, Any, str]] = [
+_MALFORMED: list[tuple[str, Any, str]] = [
     ("not an array", {"name": "x", "bases": "ACGT"}, "Input should be a valid"),  # list or array
     ("missing bases", [{"name": "x"}], "Field required"),
     ("not DNA", [{**_GOOD, "bases": "ACGU"}], "String should match pattern"),
@@ -94,6 +109,8 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("unknown sample kind", [{**_GOOD, "samples": [{"kind": "protein"}]}], "'dna', 'rna'"),
     ("unknown field", [{**_GOOD, "colour": "blue"}], "Extra inputs are not permitted"),
 ]
+# For ``pytest.mark.parametrize(("body", "message"), MALFORMED)``.
+MALFORMED = [pytest.param(body, message, id=id_) for id_, body, message in _MALFORMED]
 
 
 async def table_counts(engine: AsyncEngine) -> dict[str, int]:

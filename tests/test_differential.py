@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from support import compare_modes, create_schema
 from test_property import MODES, ZOO, make_workload
+from workloads import UNSET
 from zoo import Base
 
 EMPTY: dict[str, Any] = {
@@ -35,44 +36,43 @@ def spec(**kw: Any) -> dict[str, Any]:
     return d
 
 
-U = "<unset>"
+# Spec entries (see workloads.build); UNSET leaves a column to its default.
+def author(name: str = "a", *, nickname: Any = UNSET, score: Any = UNSET) -> dict[str, Any]:
+    return {"name": name, "nickname": nickname, "score": score}
+
+
+def book(
+    author: int | None = 0,
+    *,
+    via: str = "m2o",
+    tags: list[int] | None = None,
+    title: str = "t",
+    pages: Any = UNSET,
+    status: Any = UNSET,
+) -> dict[str, Any]:
+    """A book linked to the spec's ``author`` (an index; None: no author) through ``via``."""
+    return {
+        "fields": {"title": title, "pages": pages, "status": status},
+        "author": author,
+        "via": via,
+        "tags": tags or [],
+    }
+
+
+U = UNSET
 CASES = {
     "ident": spec(ident=2),
     "seq": spec(seq=2),
     "authors": spec(
-        authors=[
-            {"name": "a", "nickname": U, "score": U},
-            {"name": "b", "nickname": None, "score": 3},
-            {"name": "c", "nickname": "x", "score": U},
-        ]
+        authors=[author("a"), author("b", nickname=None, score=3), author("c", nickname="x")]
     ),
-    "books_m2o": spec(
-        authors=[{"name": "a", "nickname": U, "score": U}],
-        books=[
-            {
-                "fields": {"title": "t", "pages": U, "status": U},
-                "author": 0,
-                "via": "m2o",
-                "tags": [],
-            }
-        ],
-    ),
+    "books_m2o": spec(authors=[author()], books=[book()]),
     "books_o2m_tags": spec(
-        authors=[{"name": "a", "nickname": U, "score": U}],
+        authors=[author()],
         tags=[{"label": "x"}, {"label": "y"}],
         books=[
-            {
-                "fields": {"title": "t", "pages": 3, "status": "final"},
-                "author": 0,
-                "via": "o2m",
-                "tags": [0, 1],
-            },
-            {
-                "fields": {"title": "u", "pages": None, "status": U},
-                "author": None,
-                "via": "o2m",
-                "tags": [1],
-            },
+            book(via="o2m", tags=[0, 1], pages=3, status="final"),
+            book(author=None, via="o2m", tags=[1], title="u", pages=None),
         ],
     ),
     "nodes": spec(
@@ -105,57 +105,27 @@ CASES = {
         ]
     ),
     "noreturn": spec(noreturn=[{"name": "n", "flag": U}, {"name": "m", "flag": True}]),
-    "persistent_author": spec(
-        use_persistent=True,
-        books=[
-            {
-                "fields": {"title": "t", "pages": U, "status": U},
-                "author": 0,
-                "via": "m2o",
-                "tags": [],
-            }
-        ],
-    ),
+    "persistent_author": spec(use_persistent=True, books=[book()]),
     "modified_and_new": spec(
-        modify_persistent=True,
-        use_persistent=True,
-        authors=[{"name": "n", "nickname": U, "score": U}],
-        books=[
-            {
-                "fields": {"title": "t", "pages": U, "status": U},
-                "author": 0,
-                "via": "m2o",
-                "tags": [],
-            }
-        ],
+        modify_persistent=True, use_persistent=True, authors=[author("n")], books=[book()]
     ),
     "deleted_and_new": spec(
         delete_persistent=True, widgets=[{"name": "w", "size": U, "price": U, "meta": U}]
     ),
-    "existing_tag": spec(
-        tag_existing=True,
-        books=[
-            {
-                "fields": {"title": "t", "pages": U, "status": U},
-                "author": None,
-                "via": "m2o",
-                "tags": [],
-            }
-        ],
-    ),
+    "existing_tag": spec(tag_existing=True, books=[book(author=None)]),
     "shelf_without_backref": spec(shelf_items=["a", "b", "c"]),
     "existing_tree": spec(existing_node_children=2),
     "identity_always": spec(always=3),
     "callable_pk": spec(tokens=3),
     "explicit_ids": spec(explicit_ids=2, ident=2),
     "association_object": spec(
-        authors=[{"name": "a", "nickname": U, "score": U}],
+        authors=[author()],
         tags=[{"label": "x"}],
         memberships=["owner"],
     ),
     "midway": spec(
         flush_midway=True,
-        authors=[{"name": "a", "nickname": U, "score": U}],
+        authors=[author()],
         ident=2,
         nodes=[{"name": "r", "parent": None, "via": "m2o"}],
     ),

@@ -20,13 +20,13 @@ import pytest
 from aiohttp import web
 from examples_support import (
     MALFORMED,
-    POOL_SIZE,
     ZERO,
     app_engine,
     assert_imported,
     assert_pool_healthy,
     capture_flush_reports,
     cold_bound,
+    open_pool,
     payload,
     table_counts,
     wait_for_messages,
@@ -42,11 +42,8 @@ Client = aiohttp.ClientSession
 
 @pytest.fixture
 async def db(proxy: WireProxy, database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    engine = app_engine(proxy, database_dsn)
-    try:
+    async with app_engine(proxy, database_dsn) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 @contextlib.asynccontextmanager
@@ -127,9 +124,7 @@ async def test_round_trips_per_import_request(
 async def test_twenty_concurrent_imports(client: Client, db: AsyncEngine, proxy: WireProxy) -> None:
     requests, per_request = 20, 500
     assert (await post(client, payload("warmup", 2)))[0] == 201
-    conns = await asyncio.gather(*(db.connect() for _ in range(POOL_SIZE)))
-    for conn in conns:
-        await conn.close()
+    await open_pool(db)
     before = await table_counts(db)
 
     bodies = [payload(f"c{r}", per_request) for r in range(requests)]
@@ -142,9 +137,7 @@ async def test_twenty_concurrent_imports(client: Client, db: AsyncEngine, proxy:
     await assert_pool_healthy(db)
 
 
-@pytest.mark.parametrize(
-    ("body", "message"), [(b, m) for _, b, m in MALFORMED], ids=[i for i, _, _ in MALFORMED]
-)
+@pytest.mark.parametrize(("body", "message"), MALFORMED)
 async def test_malformed_body_is_422_and_writes_nothing(
     client: Client, db: AsyncEngine, body: Any, message: str
 ) -> None:

@@ -17,13 +17,13 @@ import httpx
 import pytest
 from examples_support import (
     MALFORMED,
-    POOL_SIZE,
     ZERO,
     app_engine,
     assert_imported,
     assert_pool_healthy,
     capture_flush_reports,
     cold_bound,
+    open_pool,
     payload,
     table_counts,
     wait_for_messages,
@@ -37,11 +37,8 @@ from examples.fastapi_app.app import create_app
 
 @pytest.fixture
 async def db(proxy: WireProxy, database_dsn: str) -> AsyncIterator[AsyncEngine]:
-    engine = app_engine(proxy, database_dsn)
-    try:
+    async with app_engine(proxy, database_dsn) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
@@ -137,10 +134,7 @@ async def test_twenty_concurrent_imports(
 ) -> None:
     requests, per_request, annotations = 20, 500, 3
     assert (await post(client, payload("warmup", 2))).status_code == 201
-    # Open the pool's connections up front: connecting costs its own round trips.
-    conns = await asyncio.gather(*(db.connect() for _ in range(POOL_SIZE)))
-    for conn in conns:
-        await conn.close()
+    await open_pool(db)
     before = await table_counts(db)
 
     bodies = [payload(f"c{r}", per_request, annotations=annotations) for r in range(requests)]
@@ -160,9 +154,7 @@ async def test_twenty_concurrent_imports(
 # -- bad input -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("body", "message"), [(b, m) for _, b, m in MALFORMED], ids=[i for i, _, _ in MALFORMED]
-)
+@pytest.mark.parametrize(("body", "message"), MALFORMED)
 async def test_malformed_body_is_422_and_writes_nothing(
     client: httpx.AsyncClient, db: AsyncEngine, body: Any, message: str
 ) -> None:

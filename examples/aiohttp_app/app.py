@@ -6,23 +6,17 @@ Run it with ``python -m examples.aiohttp_app``. Same API as the FastAPI example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from async_batch import enable_async_batching
 from examples.common import service
-from examples.common.database import create_tables, database_url
+from examples.common.database import serving_engine
 from examples.common.schemas import ErrorOut, ImportResult, SequenceOut, SequencesIn
 
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
@@ -75,13 +69,7 @@ def create_app(engine: AsyncEngine | None = None) -> web.Application:
     disposes of it at shutdown); with one (tests), it uses that engine and leaves it open."""
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            db = engine
-            if db is None:
-                url = await stack.enter_async_context(database_url())
-                db = create_async_engine(url, pool_size=20)
-                stack.push_async_callback(db.dispose)
-            await create_tables(db)
+        async with serving_engine(engine) as db:
             sessionmaker = async_sessionmaker(db, expire_on_commit=False)
             enable_async_batching(sessionmaker)  # once, here: every request's session batches
             app[SESSIONMAKER] = sessionmaker

@@ -15,16 +15,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from async_batch import enable_async_batching
 from examples.common import service
-from examples.common.database import create_tables, database_url
+from examples.common.database import serving_engine
 from examples.common.schemas import ErrorOut, ImportResult, SequenceIn, SequenceOut
 
 router = APIRouter()
@@ -67,13 +62,7 @@ def create_app(engine: AsyncEngine | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            db = engine
-            if db is None:
-                url = await stack.enter_async_context(database_url())
-                db = create_async_engine(url, pool_size=20)
-                stack.push_async_callback(db.dispose)
-            await create_tables(db)
+        async with serving_engine(engine) as db:
             sessionmaker = async_sessionmaker(db, expire_on_commit=False)
             enable_async_batching(sessionmaker)  # once, here: every request's session batches
             app.state.sessionmaker = sessionmaker
