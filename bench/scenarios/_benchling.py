@@ -8,12 +8,15 @@ sequences, and auto-annotating existing sequences.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import asyncpg
 from sqlalchemy import ForeignKey, MetaData, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from bench._scenario import Phase, RawTable, RawWrite, raw_transaction, write_copy
 
 
 class Base(DeclarativeBase):
@@ -63,18 +66,11 @@ ANNOTATION = Base.metadata.tables["annotation"]
 RESULT = Base.metadata.tables["validation_result"]
 ALL_TABLES = ("dna_sequence", "annotation", "validation_result")
 
-SEQUENCE_COLUMNS = ["id", "name", "bases"]
-ANNOTATION_COLUMNS = ["sequence_id", "name", "kind", "start_pos", "end_pos", "strand", "color"]
-RESULT_COLUMNS = ["sequence_id", "check", "passed", "message"]
-
-INSERT_SEQUENCE = "INSERT INTO dna_sequence (id, name, bases) VALUES ($1, $2, $3)"
-INSERT_ANNOTATION = (
-    "INSERT INTO annotation (sequence_id, name, kind, start_pos, end_pos, strand, color)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+SEQUENCE_RAW = RawTable("dna_sequence", ("id", "name", "bases"))
+ANNOTATION_RAW = RawTable(
+    "annotation", ("sequence_id", "name", "kind", "start_pos", "end_pos", "strand", "color")
 )
-INSERT_RESULT = (
-    'INSERT INTO validation_result (sequence_id, "check", passed, message) VALUES ($1, $2, $3, $4)'
-)
+RESULT_RAW = RawTable("validation_result", ("sequence_id", "check", "passed", "message"))
 SELECT_SEQUENCES = "SELECT id, bases FROM dna_sequence ORDER BY id"
 SELECT_SEQUENCES_LIMIT = "SELECT id, bases FROM dna_sequence ORDER BY id LIMIT $1"
 
@@ -138,12 +134,26 @@ def validate(bases: str) -> list[tuple[str, bool, str | None]]:
 async def load_sequences(con: asyncpg.Connection, n: int) -> None:
     """Insert ``n`` sequences (the ones the validate and annotate workloads start from)."""
     bases = sequence_bases(n)
-    await con.copy_records_to_table(
-        "dna_sequence",
-        records=[(i + 1, sequence_name(i), b) for i, b in enumerate(bases)],
-        columns=SEQUENCE_COLUMNS,
-    )
+    await write_copy(con, SEQUENCE_RAW, [(i + 1, sequence_name(i), b) for i, b in enumerate(bases)])
     await con.execute(
         "SELECT setval(pg_get_serial_sequence('dna_sequence', 'id'), $1::bigint)", max(n, 1)
     )
     await con.execute("ANALYZE dna_sequence")
+
+
+async def raw_write_from_sequences(
+    con: asyncpg.Connection,
+    phase: Phase,
+    write: RawWrite,
+    table: RawTable,
+    records: Callable[[Sequence[Any]], Sequence[tuple[Any, ...]]],
+    *select: Any,
+) -> None:
+    """The raw methods of the workloads on existing sequences: in one transaction, read the
+    sequences (``select``: the query and its arguments) and build ``table``'s records from them,
+    then, in the commit phase, write the records and COMMIT."""
+    async with raw_transaction(con) as tr:
+        rows = records(await con.fetch(*select))
+        with phase.commit():
+            await write(con, table, rows)
+            await tr.commit()

@@ -18,11 +18,10 @@ import asyncpg
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from bench._scenario import Case, Phase, Scenario, raw_transaction
+from bench._scenario import Case, Phase, RawWrite, Scenario
 from bench.scenarios._benchling import (
     ANNOTATION,
-    ANNOTATION_COLUMNS,
-    INSERT_ANNOTATION,
+    ANNOTATION_RAW,
     SELECT_SEQUENCES_LIMIT,
     SEQUENCE,
     Annotation,
@@ -31,6 +30,7 @@ from bench.scenarios._benchling import (
     annotation_kwargs,
     annotation_specs,
     load_sequences,
+    raw_write_from_sequences,
 )
 
 PER_SEQUENCE = 100
@@ -45,20 +45,9 @@ class BenchlingAnnotate(Scenario):
 
     def cases(self, quick: bool) -> list[Case]:
         n = 100 if quick else 1_000
-        return [
-            Case(
-                scenario=self.name,
-                key=self.name,
-                title=(
-                    f"Benchling auto-annotate: {n:,} existing sequences x {PER_SEQUENCE} "
-                    "annotations"
-                ),
-                rows=n * PER_SEQUENCE,
-                size=n,
-                repeats=5,
-                warmup_size=None if quick else 100,
-            )
-        ]
+        title = f"Benchling auto-annotate: {n:,} existing sequences x {PER_SEQUENCE} annotations"
+        warmup_size = None if quick else 100
+        return [self.case(title, rows=n * PER_SEQUENCE, size=n, repeats=5, warmup_size=warmup_size)]
 
     async def prepare(self, con: asyncpg.Connection, case: Case) -> None:
         await load_sequences(con, case.size)
@@ -97,25 +86,14 @@ class BenchlingAnnotate(Scenario):
             await conn.commit()
 
     @staticmethod
-    def _records(rows: list[Any]) -> list[tuple[Any, ...]]:
+    def _records(rows: Sequence[Any]) -> list[tuple[Any, ...]]:
         specs = annotation_specs(PER_SEQUENCE)
         return [(r[0], *spec) for r in rows for spec in specs]
 
-    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        async with raw_transaction(con) as tr:
-            records = self._records(await con.fetch(SELECT_SEQUENCES_LIMIT, case.size))
-            with phase.commit():
-                await con.executemany(INSERT_ANNOTATION, records)
-                await tr.commit()
-
-    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        async with raw_transaction(con) as tr:
-            records = self._records(await con.fetch(SELECT_SEQUENCES_LIMIT, case.size))
-            with phase.commit():
-                await con.copy_records_to_table(
-                    "annotation", records=records, columns=ANNOTATION_COLUMNS
-                )
-                await tr.commit()
+    async def raw(self, con: asyncpg.Connection, case: Case, phase: Phase, write: RawWrite) -> None:
+        await raw_write_from_sequences(
+            con, phase, write, ANNOTATION_RAW, self._records, SELECT_SEQUENCES_LIMIT, case.size
+        )
 
 
 SCENARIO = BenchlingAnnotate()

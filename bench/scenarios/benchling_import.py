@@ -17,15 +17,13 @@ import asyncpg
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from bench._scenario import Case, Phase, Scenario, nextvals, raw_transaction, serial_sequence
+from bench._scenario import Case, Phase, RawWrite, Scenario, nextvals, raw_commit
 from bench.scenarios._benchling import (
     ALL_TABLES,
     ANNOTATION,
-    ANNOTATION_COLUMNS,
-    INSERT_ANNOTATION,
-    INSERT_SEQUENCE,
+    ANNOTATION_RAW,
     SEQUENCE,
-    SEQUENCE_COLUMNS,
+    SEQUENCE_RAW,
     Annotation,
     Base,
     DnaSequence,
@@ -44,25 +42,15 @@ class BenchlingImport(Scenario):
     description = "1,000 sequences x 6 annotations: parent + child tables, child FK to new parents"
     metadata = Base.metadata
     written_tables = ALL_TABLES
-
-    def __init__(self) -> None:
-        self._sequence_seq = ""
+    id_table = "dna_sequence"
 
     def cases(self, quick: bool) -> list[Case]:
         n = 1_000
-        return [
-            Case(
-                scenario=self.name,
-                key=self.name,
-                title=f"Benchling import: {n:,} sequences x {PER_SEQUENCE} annotations",
-                rows=n * (1 + PER_SEQUENCE),
-                size=n,
-                repeats=7,
-            )
-        ]
+        title = f"Benchling import: {n:,} sequences x {PER_SEQUENCE} annotations"
+        return [self.case(title, rows=n * (1 + PER_SEQUENCE), size=n, repeats=7)]
 
     async def prepare(self, con: asyncpg.Connection, case: Case) -> None:
-        self._sequence_seq = await serial_sequence(con, "dna_sequence")
+        await super().prepare(con, case)
         sequence_bases(case.size)
         annotation_specs(PER_SEQUENCE)
 
@@ -122,29 +110,13 @@ class BenchlingImport(Scenario):
     def _named(case: Case) -> list[tuple[str, str]]:
         return [(sequence_name(i), b) for i, b in enumerate(sequence_bases(case.size))]
 
-    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
+    async def raw(self, con: asyncpg.Connection, case: Case, phase: Phase, write: RawWrite) -> None:
         named = self._named(case)
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                ids = await nextvals(con, self._sequence_seq, case.size)
-                parents, children = self._raw_rows(named, ids)
-                await con.executemany(INSERT_SEQUENCE, parents)
-                await con.executemany(INSERT_ANNOTATION, children)
-                await tr.commit()
-
-    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        named = self._named(case)
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                ids = await nextvals(con, self._sequence_seq, case.size)
-                parents, children = self._raw_rows(named, ids)
-                await con.copy_records_to_table(
-                    "dna_sequence", records=parents, columns=SEQUENCE_COLUMNS
-                )
-                await con.copy_records_to_table(
-                    "annotation", records=children, columns=ANNOTATION_COLUMNS
-                )
-                await tr.commit()
+        async with raw_commit(con, phase):
+            ids = await nextvals(con, self.id_sequence, case.size)
+            parents, children = self._raw_rows(named, ids)
+            await write(con, SEQUENCE_RAW, parents)
+            await write(con, ANNOTATION_RAW, children)
 
 
 SCENARIO = BenchlingImport()

@@ -21,17 +21,17 @@ import asyncpg
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from bench._scenario import Case, Phase, Scenario, raw_transaction
+from bench._scenario import Case, Phase, RawWrite, Scenario
 from bench.scenarios._benchling import (
-    INSERT_RESULT,
     RESULT,
-    RESULT_COLUMNS,
+    RESULT_RAW,
     SELECT_SEQUENCES,
     SEQUENCE,
     Base,
     DnaSequence,
     ValidationResult,
     load_sequences,
+    raw_write_from_sequences,
     validate,
 )
 
@@ -47,16 +47,8 @@ class BenchlingValidate(Scenario):
 
     def cases(self, quick: bool) -> list[Case]:
         n = 1_000
-        return [
-            Case(
-                scenario=self.name,
-                key=self.name,
-                title=f"Benchling validate: {n:,} existing sequences -> {n * CHECKS:,} results",
-                rows=n * CHECKS,
-                size=n,
-                repeats=7,
-            )
-        ]
+        title = f"Benchling validate: {n:,} existing sequences -> {n * CHECKS:,} results"
+        return [self.case(title, rows=n * CHECKS, size=n, repeats=7)]
 
     async def prepare(self, con: asyncpg.Connection, case: Case) -> None:
         await load_sequences(con, case.size)
@@ -74,17 +66,21 @@ class BenchlingValidate(Scenario):
                 )
         return results
 
+    @staticmethod
+    def _dicts(rows: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {"sequence_id": sid, "check": c, "passed": p, "message": m}
+            for sid, bases in rows
+            for c, p, m in validate(bases)
+        ]
+
     async def orm_bulk(self, session: AsyncSession, case: Case, phase: Phase) -> None:
         rows = (
             await session.execute(
                 select(DnaSequence.id, DnaSequence.bases).order_by(DnaSequence.id)
             )
         ).all()
-        results = [
-            {"sequence_id": sid, "check": c, "passed": p, "message": m}
-            for sid, bases in rows
-            for c, p, m in validate(bases)
-        ]
+        results = self._dicts(rows)
         with phase.commit():
             # render_nulls: without it ORM bulk drops the None messages from their dicts, the
             # rows alternate between two key sets and each becomes its own INSERT (2,001 round
@@ -98,34 +94,19 @@ class BenchlingValidate(Scenario):
         rows = (
             await conn.execute(select(SEQUENCE.c.id, SEQUENCE.c.bases).order_by(SEQUENCE.c.id))
         ).all()
-        results = [
-            {"sequence_id": sid, "check": c, "passed": p, "message": m}
-            for sid, bases in rows
-            for c, p, m in validate(bases)
-        ]
+        results = self._dicts(rows)
         with phase.commit():
             await conn.execute(RESULT.insert(), results)
             await conn.commit()
 
     @staticmethod
-    def _records(rows: list[Any]) -> list[tuple[Any, ...]]:
+    def _records(rows: Sequence[Any]) -> list[tuple[Any, ...]]:
         return [(r[0], c, p, m) for r in rows for c, p, m in validate(r[1])]
 
-    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        async with raw_transaction(con) as tr:
-            records = self._records(await con.fetch(SELECT_SEQUENCES))
-            with phase.commit():
-                await con.executemany(INSERT_RESULT, records)
-                await tr.commit()
-
-    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        async with raw_transaction(con) as tr:
-            records = self._records(await con.fetch(SELECT_SEQUENCES))
-            with phase.commit():
-                await con.copy_records_to_table(
-                    "validation_result", records=records, columns=RESULT_COLUMNS
-                )
-                await tr.commit()
+    async def raw(self, con: asyncpg.Connection, case: Case, phase: Phase, write: RawWrite) -> None:
+        await raw_write_from_sequences(
+            con, phase, write, RESULT_RAW, self._records, SELECT_SEQUENCES
+        )
 
 
 SCENARIO = BenchlingValidate()

@@ -19,7 +19,7 @@ from sqlalchemy import ForeignKey, MetaData, String, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bench._scenario import Case, Phase, Scenario, nextvals, raw_transaction, serial_sequence
+from bench._scenario import Case, Phase, RawTable, RawWrite, Scenario, nextvals, raw_commit
 
 
 class Base(DeclarativeBase):
@@ -57,6 +57,9 @@ class Manager(Employee):
 EMPLOYEE = Base.metadata.tables["employee"]
 ENGINEER = Base.metadata.tables["engineer"]
 MANAGER = Base.metadata.tables["manager"]
+EMPLOYEE_RAW = RawTable("employee", ("id", "type", "name"))
+ENGINEER_RAW = RawTable("engineer", ("id", "language"))
+MANAGER_RAW = RawTable("manager", ("id", "level"))
 _LANGUAGES = ("python", "rust", "go", "sql")
 
 
@@ -70,25 +73,12 @@ class JoinedInheritance(Scenario):
     description = "1,000 objects of two joined-table subclasses, interleaved"
     metadata = Base.metadata
     written_tables = ("employee", "engineer", "manager")
-
-    def __init__(self) -> None:
-        self._seq = ""
+    id_table = "employee"
 
     def cases(self, quick: bool) -> list[Case]:
         n = 1_000
-        return [
-            Case(
-                scenario=self.name,
-                key=self.name,
-                title=f"joined inheritance, {n:,} interleaved objects",
-                rows=2 * n,
-                size=n,
-                repeats=9,
-            )
-        ]
-
-    async def prepare(self, con: asyncpg.Connection, case: Case) -> None:
-        self._seq = await serial_sequence(con, "employee")
+        title = f"joined inheritance, {n:,} interleaved objects"
+        return [self.case(title, rows=2 * n, size=n, repeats=9)]
 
     def expected_rows(self, case: Case) -> dict[str, int]:
         engineers = sum(1 for i in range(case.size) if _is_engineer(i))
@@ -155,35 +145,13 @@ class JoinedInheritance(Scenario):
                 managers.append((eid, i % 7))
         return base, engineers, managers
 
-    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                ids = await nextvals(con, self._seq, case.size)
-                base, engineers, managers = self._records(case, ids)
-                await con.executemany(
-                    "INSERT INTO employee (id, type, name) VALUES ($1, $2, $3)", base
-                )
-                await con.executemany(
-                    "INSERT INTO engineer (id, language) VALUES ($1, $2)", engineers
-                )
-                await con.executemany("INSERT INTO manager (id, level) VALUES ($1, $2)", managers)
-                await tr.commit()
-
-    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                ids = await nextvals(con, self._seq, case.size)
-                base, engineers, managers = self._records(case, ids)
-                await con.copy_records_to_table(
-                    "employee", records=base, columns=["id", "type", "name"]
-                )
-                await con.copy_records_to_table(
-                    "engineer", records=engineers, columns=["id", "language"]
-                )
-                await con.copy_records_to_table(
-                    "manager", records=managers, columns=["id", "level"]
-                )
-                await tr.commit()
+    async def raw(self, con: asyncpg.Connection, case: Case, phase: Phase, write: RawWrite) -> None:
+        async with raw_commit(con, phase):
+            ids = await nextvals(con, self.id_sequence, case.size)
+            base, engineers, managers = self._records(case, ids)
+            await write(con, EMPLOYEE_RAW, base)
+            await write(con, ENGINEER_RAW, engineers)
+            await write(con, MANAGER_RAW, managers)
 
 
 SCENARIO = JoinedInheritance()

@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-from sqlalchemy import MetaData, String, insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import MetaData, String
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bench._scenario import Case, Phase, Scenario, raw_transaction
+from bench._scenario import Case, RawTable, SingleTableScenario
 
 
 class Base(DeclarativeBase):
@@ -38,46 +37,19 @@ class Gadget(Base):
     size: Mapped[int]
 
 
-GADGET = Base.metadata.tables["gadget"]
-_COLUMNS = ["name", "color", "size"]
-_INSERT = "INSERT INTO gadget (name, color, size) VALUES ($1, $2, $3)"
-
-
-def _dicts(n: int) -> list[dict[str, Any]]:
-    return [
-        {"name": f"gadget {i}", "size": i, "color": "blue"}
-        if i % 2
-        else {"name": f"gadget {i}", "size": i}
-        for i in range(n)
-    ]
-
-
-def _records(n: int) -> list[tuple[str, str, int]]:
-    return [(f"gadget {i}", "blue" if i % 2 else DEFAULT_COLOR, i) for i in range(n)]
-
-
-class MixedKeys(Scenario):
+class MixedKeys(SingleTableScenario):
     name = "mixed_keys"
     title = "mixed key sets"
     description = "1,000 rows; a Python-default column set on every 2nd object (native: row by row)"
     metadata = Base.metadata
     written_tables = ("gadget",)
+    model = Gadget
+    table = Base.metadata.tables["gadget"]
+    raw_table = RawTable("gadget", ("name", "color", "size"))
 
     def cases(self, quick: bool) -> list[Case]:
         n = 1_000
-        return [
-            Case(
-                scenario=self.name,
-                key=self.name,
-                title=f"mixed key sets, {n:,} rows",
-                rows=n,
-                size=n,
-                repeats=5,
-            )
-        ]
-
-    def expected_rows(self, case: Case) -> dict[str, int]:
-        return {"gadget": case.size}
+        return [self.case(f"mixed key sets, {n:,} rows", rows=n, size=n, repeats=5)]
 
     async def orm_objects(self, session: AsyncSession, case: Case) -> Sequence[Any]:
         return [
@@ -87,31 +59,16 @@ class MixedKeys(Scenario):
             for i in range(case.size)
         ]
 
-    async def orm_bulk(self, session: AsyncSession, case: Case, phase: Phase) -> None:
-        rows = _dicts(case.size)
-        with phase.commit():
-            await session.execute(insert(Gadget), rows)
-            await session.commit()
+    def dicts(self, n: int) -> list[dict[str, Any]]:
+        return [
+            {"name": f"gadget {i}", "size": i, "color": "blue"}
+            if i % 2
+            else {"name": f"gadget {i}", "size": i}
+            for i in range(n)
+        ]
 
-    async def core(self, conn: AsyncConnection, case: Case, phase: Phase) -> None:
-        rows = _dicts(case.size)
-        with phase.commit():
-            await conn.execute(GADGET.insert(), rows)
-            await conn.commit()
-
-    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        records = _records(case.size)
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                await con.executemany(_INSERT, records)
-                await tr.commit()
-
-    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        records = _records(case.size)
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                await con.copy_records_to_table("gadget", records=records, columns=_COLUMNS)
-                await tr.commit()
+    def records(self, n: int) -> list[tuple[str, str, int]]:
+        return [(f"gadget {i}", "blue" if i % 2 else DEFAULT_COLOR, i) for i in range(n)]
 
 
 SCENARIO = MixedKeys()

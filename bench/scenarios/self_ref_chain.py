@@ -22,11 +22,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from bench._scenario import (
     Case,
     Phase,
+    RawTable,
+    RawWrite,
     Scenario,
     nextvals,
     nextvals_sa,
-    raw_transaction,
-    serial_sequence,
+    raw_commit,
 )
 
 
@@ -45,8 +46,7 @@ class Node(Base):
 
 
 NODE = Base.metadata.tables["node"]
-_COLUMNS = ["id", "parent_id", "name"]
-_INSERT = "INSERT INTO node (id, parent_id, name) VALUES ($1, $2, $3)"
+NODE_RAW = RawTable("node", ("id", "parent_id", "name"))
 
 
 def _chain(ids: Sequence[int]) -> list[tuple[int, int | None, str]]:
@@ -59,25 +59,11 @@ class SelfRefChain(Scenario):
     description = "100 nodes, each the parent of the next (native: row by row)"
     metadata = Base.metadata
     written_tables = ("node",)
-
-    def __init__(self) -> None:
-        self._seq = ""
+    id_table = "node"
 
     def cases(self, quick: bool) -> list[Case]:
         n = 100
-        return [
-            Case(
-                scenario=self.name,
-                key=self.name,
-                title=f"self-referential chain of {n} nodes",
-                rows=n,
-                size=n,
-                repeats=15,
-            )
-        ]
-
-    async def prepare(self, con: asyncpg.Connection, case: Case) -> None:
-        self._seq = await serial_sequence(con, "node")
+        return [self.case(f"self-referential chain of {n} nodes", rows=n, size=n, repeats=15)]
 
     def expected_rows(self, case: Case) -> dict[str, int]:
         return {"node": case.size}
@@ -92,31 +78,22 @@ class SelfRefChain(Scenario):
 
     async def orm_bulk(self, session: AsyncSession, case: Case, phase: Phase) -> None:
         with phase.commit():
-            ids = await nextvals_sa(session, self._seq, case.size)
+            ids = await nextvals_sa(session, self.id_sequence, case.size)
             rows = [{"id": a, "parent_id": b, "name": c} for a, b, c in _chain(ids)]
             await session.execute(insert(Node), rows)
             await session.commit()
 
     async def core(self, conn: AsyncConnection, case: Case, phase: Phase) -> None:
         with phase.commit():
-            ids = await nextvals_sa(conn, self._seq, case.size)
+            ids = await nextvals_sa(conn, self.id_sequence, case.size)
             rows = [{"id": a, "parent_id": b, "name": c} for a, b, c in _chain(ids)]
             await conn.execute(NODE.insert(), rows)
             await conn.commit()
 
-    async def asyncpg_executemany(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                ids = await nextvals(con, self._seq, case.size)
-                await con.executemany(_INSERT, _chain(ids))
-                await tr.commit()
-
-    async def asyncpg_copy(self, con: asyncpg.Connection, case: Case, phase: Phase) -> None:
-        with phase.commit():
-            async with raw_transaction(con) as tr:
-                ids = await nextvals(con, self._seq, case.size)
-                await con.copy_records_to_table("node", records=_chain(ids), columns=_COLUMNS)
-                await tr.commit()
+    async def raw(self, con: asyncpg.Connection, case: Case, phase: Phase, write: RawWrite) -> None:
+        async with raw_commit(con, phase):
+            ids = await nextvals(con, self.id_sequence, case.size)
+            await write(con, NODE_RAW, _chain(ids))
 
 
 SCENARIO = SelfRefChain()
