@@ -47,7 +47,9 @@ def enable_async_batching(target: Any, **options: Any) -> None:
 
     Options: ``strategy`` (``"auto"``, ``"copy"``, ``"unnest"``, ``"executemany"``),
     ``fast_path`` (``False`` to only prefetch ids and regroup, letting SQLAlchemy write),
-    ``prefetch`` (``"auto"``, ``"always"``, ``"never"``), ``regroup`` (bool).
+    ``prefetch`` (``"auto"``, ``"always"``, ``"never"``), ``regroup`` (bool),
+    ``small_flush`` (default 32: flushes of fewer new objects stay native when native needs
+    no more round trips; ``0`` batches every flush), ``pause_gc`` (bool).
     """
     enable(target, **options)
 

@@ -102,6 +102,12 @@ class Options:
     trip is spent anyway for the fast path); ``always``; ``never``."""
     regroup: bool = True
     """Reorder natively written objects so equal key sets are contiguous and batch."""
+    small_flush: int = 32
+    """Flushes of fewer new objects than this are left to the native flush when it needs no
+    more round trips than async_batch would (plain shapes: one INSERT per table, where we
+    need the id prefetch too): for a handful of rows the Python time saved is smaller than
+    the extra round trip. Shapes native writes row by row are batched at any size. ``0``
+    batches every flush."""
     pause_gc: bool = True
     """Pause Python's cyclic garbage collector while async_batch's own steps run: they create
     no reference cycles, and a full collection triggered mid-flush walks every object in the
@@ -114,6 +120,8 @@ class Options:
             )
         if self.prefetch not in ("auto", "always", "never"):
             raise ValueError(f"prefetch={self.prefetch!r} is not one of auto, always, never")
+        if not isinstance(self.small_flush, int) or self.small_flush < 0:
+            raise ValueError(f"small_flush={self.small_flush!r} is not an integer >= 0")
 
 
 class FlushRun:
@@ -236,11 +244,25 @@ class FlushRun:
                 )
             return m
 
+        for m in by_mapper:
+            infos[m] = mapper_info(m, dialect)
+        if fast_ok and len(states) < self.options.small_flush:
+            ours, native_trips = _round_trip_estimates(by_mapper, infos)
+            if ours >= native_trips:
+                report.native = len(states)
+                self._fallback(
+                    "flush",
+                    f"small flush ({len(states)} objects): native needs {native_trips} "
+                    f"INSERT round trip(s), the batched path {ours}",
+                    len(states),
+                )
+                return
+
         # 1. candidates
         candidate: set[InstanceState[Any]] = set()
         reasons: dict[Any, str] = {}
         for m, sts in by_mapper.items():
-            info = infos[m] = mapper_info(m, dialect)
+            info = infos[m]
             for ts in info.tables:
                 meta_for(ts.table, info)
             if info.id_table is not None:
@@ -1101,6 +1123,42 @@ def _depths(
 def _ids_known(st: InstanceState[Any], info: MapperInfo) -> bool:
     d = st.dict
     return all(d.get(k) is not None for ts in info.tables for k in ts.pk_propkeys)
+
+
+def _round_trip_estimates(
+    by_mapper: Mapping[Any, list[InstanceState[Any]]], infos: dict[Any, MapperInfo]
+) -> tuple[int, int]:
+    """(batched, native) statement round trips a flush of these new objects needs, roughly:
+    batched is the id prefetch plus one statement per table; native is one INSERT per run of
+    equal key sets per table (``persistence._emit_insert_statements`` batches those), two
+    per row without RETURNING, one per row for self-referencing mappers."""
+    tables: set[Any] = set()
+    native = 0
+    by_base: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
+    for m, sts in by_mapper.items():
+        info = infos[m]
+        tables.update(ts.table for ts in info.tables)
+        for rel in info.relationships:
+            if rel.direction is MANYTOMANY and rel.secondary is not None:
+                tables.add(rel.secondary)
+                native += 1
+        by_base[m.base_mapper].extend(sts)
+    for sts in by_base.values():
+        info0 = infos[sts[0].manager.mapper]
+        if any(infos[s.manager.mapper].self_referential for s in sts):
+            native += len(sts)
+            continue
+        if info0.id_table is not None and not info0.id_table.implicit_returning:
+            native += 2 * len(sts)
+            continue
+        _sa.sort_by_insert_order(sts)
+        last: dict[Any, Any] = {}
+        for st in sts:
+            for table, keyset in _sig_key(st, infos):
+                if last.get(table, _MISSING) != keyset:
+                    last[table] = keyset
+                    native += 1
+    return 1 + len(tables), native
 
 
 def _regroup_plan(

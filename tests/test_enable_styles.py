@@ -71,7 +71,8 @@ class MySubSession(MySession):
     pass
 
 
-PARENTS = 5
+# above the default small_flush (32): flushes this size are batched with default options
+PARENTS = 12
 OBJECTS = PARENTS * 3  # each parent has two children
 
 
@@ -221,7 +222,10 @@ async def test_scoped_sessions(db: AsyncEngine) -> None:
 # -- SQLModel ------------------------------------------------------------------------------------
 
 
-def teams(prefix: str, n: int = 4, heroes: int = 3) -> list[Team]:
+TEAMS = 10  # x 4 objects: above the default small_flush
+
+
+def teams(prefix: str, n: int = TEAMS, heroes: int = 3) -> list[Team]:
     return [
         Team(name=f"{prefix}-{t}", heroes=[Hero(name=f"{prefix}-{t}-{h}") for h in range(heroes)])
         for t in range(n)
@@ -236,7 +240,7 @@ async def test_sqlmodel_async_sessionmaker(db: AsyncEngine) -> None:
         new = teams("maker")
         session.add_all(new)
         await session.commit()
-        assert_batched(last_flush(session), objects=4 * 4)
+        assert_batched(last_flush(session), objects=TEAMS * 4)
         heroes = (await session.exec(sqlmodel.select(Hero).where(Hero.team_id == new[0].id))).all()
         assert sorted(h.name for h in heroes) == ["maker-0-0", "maker-0-1", "maker-0-2"]
     async with SQLModelAsyncSession(db) as plain:
@@ -251,7 +255,7 @@ async def test_sqlmodel_session_subclass(db: AsyncEngine, cleanup: list[Any]) ->
     async with SQLModelAsyncSession(db, sync_session_class=BatchingSession) as session:
         session.add_all(teams("sub"))
         await session.flush()
-        assert_batched(last_flush(session), objects=16)
+        assert_batched(last_flush(session), objects=TEAMS * 4)
     async with SQLModelAsyncSession(db) as plain:  # sync_session_class: sqlmodel.Session
         plain.add_all(teams("plain"))
         await plain.flush()
@@ -265,7 +269,7 @@ async def test_sqlmodel_session_class(db: AsyncEngine, cleanup: list[Any]) -> No
     async with SQLModelAsyncSession(db) as session, AsyncSession(db) as plain:
         session.add_all(teams("all"))
         await session.flush()
-        assert_batched(last_flush(session), objects=16)
+        assert_batched(last_flush(session), objects=TEAMS * 4)
         assert_native(await flush_new(plain))
 
 

@@ -76,14 +76,15 @@ async def post(client: Client, body: Any) -> tuple[int, Any]:
 
 
 async def test_import_then_read_back(client: Client, db: AsyncEngine) -> None:
-    body = payload("read", 4, samples=True)
+    # 8 sequences: 40 objects, above the default small_flush (smaller imports stay native)
+    body = payload("read", 8, samples=True)
     with capture_flush_reports() as reports:
         status, data = await post(client, body)
     assert status == 201, data
     ids = data["ids"]
-    assert len(ids) == len(set(ids)) == 4
+    assert len(ids) == len(set(ids)) == 8
     [report] = reports
-    assert (report.accelerated, report.native, report.fallbacks) == (20, 0, [])
+    assert (report.accelerated, report.native, report.fallbacks) == (40, 0, [])
 
     for sequence_id, sent in zip(ids, body, strict=True):
         async with client.get(f"/sequences/{sequence_id}") as response:
@@ -101,7 +102,7 @@ async def test_import_then_read_back(client: Client, db: AsyncEngine) -> None:
         assert await response.json() == {"detail": "sequence 999999 not found"}
     async with client.get("/sequences/abc") as response:
         assert response.status == 422
-    assert (await table_counts(db))["sequences"] == 4
+    assert (await table_counts(db))["sequences"] == 8
 
 
 async def test_round_trips_per_import_request(

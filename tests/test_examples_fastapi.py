@@ -60,23 +60,24 @@ async def post(client: httpx.AsyncClient, body: Any) -> httpx.Response:
 
 
 async def test_import_then_read_back(client: httpx.AsyncClient, db: AsyncEngine) -> None:
-    body = payload("read", 4, samples=True)
+    # 8 sequences: 40 objects, above the default small_flush (smaller imports stay native)
+    body = payload("read", 8, samples=True)
     with capture_flush_reports() as reports:
         response = await post(client, body)
     assert response.status_code == 201, response.text
     ids = response.json()["ids"]
-    assert len(ids) == len(set(ids)) == 4
+    assert len(ids) == len(set(ids)) == 8
 
-    # One flush, written entirely by async_batch: 4 + 12 annotations + 4 samples.
+    # One flush, written entirely by async_batch: 8 + 24 annotations + 8 samples.
     [report] = reports
-    assert (report.accelerated, report.native, report.fallbacks) == (20, 0, [])
+    assert (report.accelerated, report.native, report.fallbacks) == (40, 0, [])
     assert report.prefetch_round_trips == 1
     assert [(t.table, t.rows) for t in report.tables] == [
-        ("sequences", 4),
-        ("annotations", 12),
-        ("samples", 4),
-        ("dna_samples", 2),
-        ("rna_samples", 2),
+        ("sequences", 8),
+        ("annotations", 24),
+        ("samples", 8),
+        ("dna_samples", 4),
+        ("rna_samples", 4),
     ]
 
     for sequence_id, sent in zip(ids, body, strict=True):
@@ -95,11 +96,11 @@ async def test_import_then_read_back(client: httpx.AsyncClient, db: AsyncEngine)
     assert missing.status_code == 404
     assert missing.json() == {"detail": "sequence 999999 not found"}
     assert await table_counts(db) == {
-        "sequences": 4,
-        "annotations": 12,
-        "samples": 4,
-        "dna_samples": 2,
-        "rna_samples": 2,
+        "sequences": 8,
+        "annotations": 24,
+        "samples": 8,
+        "dna_samples": 4,
+        "rna_samples": 4,
     }
 
 

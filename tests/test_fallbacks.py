@@ -138,7 +138,9 @@ async def test_fallback_reason_and_identical_result(fb_engine: AsyncEngine, kind
         await run.session.commit()
 
     native = await run_workload(fb_engine, workload, batching=None, metadata=Base.metadata)
-    batched = await run_workload(fb_engine, workload, batching={}, metadata=Base.metadata)
+    batched = await run_workload(
+        fb_engine, workload, batching={"small_flush": 0}, metadata=Base.metadata
+    )
     if kind == "uuid_key":
         assert sorted(r[1:] for r in batched.db["uuid_key"]) == sorted(
             r[1:] for r in native.db["uuid_key"]
@@ -147,7 +149,7 @@ async def test_fallback_reason_and_identical_result(fb_engine: AsyncEngine, kind
         assert_same(native, batched, kind)
     report = batched.reports[0] if batched.reports else None
     maker = async_sessionmaker(fb_engine)
-    enable_async_batching(maker)
+    enable_async_batching(maker, small_flush=0)
     async with maker() as session:
         session.add_all(_objects(kind))
         await session.flush()
@@ -224,7 +226,7 @@ async def test_report_and_debug_log(
     fb_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     maker = async_sessionmaker(fb_engine)
-    enable_async_batching(maker)
+    enable_async_batching(maker, small_flush=0)
     with caplog.at_level(logging.DEBUG, logger="async_batch"):
         async with maker() as session:
             session.add_all(

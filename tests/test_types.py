@@ -133,7 +133,10 @@ async def test_types_match_native(types_engine: AsyncEngine, strategy: str, n: i
 
     native = await run_workload(types_engine, workload, batching=None, metadata=Base.metadata)
     batched = await run_workload(
-        types_engine, workload, batching={"strategy": strategy}, metadata=Base.metadata
+        types_engine,
+        workload,
+        batching={"strategy": strategy, "small_flush": 0},
+        metadata=Base.metadata,
     )
     assert_same(native, batched, strategy)
     report = batched.reports[0]
