@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 from collections.abc import Iterable
@@ -28,6 +29,24 @@ class _Registration:
         self.listen_target = listen_target
         self.options = options
         self.restore: Any = None
+        self.unwrap: Any = None
+
+    def around_flush(self, session: Session, objects: Any, proceed: Any) -> None:
+        """Pause the cyclic GC for a whole flush with new objects: it allocates one small
+        tuple or more per object (the unit of work's registration, our rows), and a full
+        collection triggered on the way walks every object in the process -- a tenth of a
+        second at 10,000 new objects. Always re-enabled, however the flush ends."""
+        if objects or not self.options.pause_gc or not gc.isenabled():
+            proceed()
+            return
+        if not _sa.has_pending(session):
+            proceed()
+            return
+        gc.disable()
+        try:
+            proceed()
+        finally:
+            gc.enable()
 
     def before_flush(self, session: Session, flush_context: Any, objects: Any) -> None:
         if getattr(flush_context, _FLAG, None) is not None:
@@ -100,6 +119,10 @@ def enable(target: Any, **options: Any) -> None:
         else:
             reg = _Registration(target, opts)
         event.listen(reg.listen_target, "before_flush", reg.before_flush)
+        owner = reg.listen_target
+        if isinstance(owner, sessionmaker):
+            owner = owner.class_
+        reg.unwrap = _sa.wrap_session_flush(owner, reg.around_flush)
         _registry[target] = reg
 
 
@@ -111,6 +134,8 @@ def disable(target: Any) -> None:
         if reg is None:
             return
         event.remove(reg.listen_target, "before_flush", reg.before_flush)
+        if reg.unwrap is not None:
+            reg.unwrap()
         if isinstance(target, async_sessionmaker) and reg.restore is not None:
             had, base = reg.restore
             if had:

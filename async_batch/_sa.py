@@ -13,6 +13,7 @@ and ``check_version()`` refuses versions this module was not written for.
 from __future__ import annotations
 
 import operator
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -131,6 +132,61 @@ def wrap_flush_context(
     native_finalize = flush_context.finalize_flush_changes
     flush_context.execute = lambda: execute(native_execute)
     flush_context.finalize_flush_changes = lambda: finalize(native_finalize)
+
+
+def has_pending(session: Session) -> bool:
+    """Whether the session has new (pending) objects, without building ``Session.new``."""
+    return bool(session._new)  # noqa: SLF001
+
+
+FlushAround = Callable[[Session, Any, Callable[[], None]], None]
+
+
+def wrap_session_flush(owner: Any, around: FlushAround) -> Callable[[], None]:
+    """Route ``Session._flush`` of ``owner`` -- a Session subclass, or one Session instance --
+    through ``around(session, objects, proceed)``; return what undoes it.
+
+    The whole flush runs inside ``around``, from before ``before_flush`` to after the unit of
+    work's last step, whatever way it ends: that is where async_batch pauses the cyclic
+    garbage collector (the flush hooks themselves see only part of the flush, and not every
+    way out of it)."""
+    if isinstance(owner, type):
+        cls: Any = owner
+        original = cls._flush
+        had = "_flush" in cls.__dict__
+        previous = cls.__dict__.get("_flush")
+
+        def method(self: Session, objects: Any = None) -> None:
+            around(self, objects, lambda: original(self, objects))
+
+        method.__wrapped__ = original  # type: ignore[attr-defined]
+        cls._flush = method
+
+        def undo_class() -> None:
+            if cls.__dict__.get("_flush") is method:
+                if had:
+                    cls._flush = previous
+                else:
+                    del cls._flush
+
+        return undo_class
+
+    session_ref = weakref.ref(owner)
+    unbound = type(owner)._flush  # noqa: SLF001
+
+    def bound(objects: Any = None) -> None:
+        session = session_ref()
+        assert session is not None
+        around(session, objects, lambda: unbound(session, objects))
+
+    owner.__dict__["_flush"] = bound
+
+    def undo_instance() -> None:
+        session = session_ref()
+        if session is not None and session.__dict__.get("_flush") is bound:
+            del session.__dict__["_flush"]
+
+    return undo_instance
 
 
 def flush_connection(flush_context: Any, mapper: Mapper[Any]) -> Connection:

@@ -7,12 +7,13 @@ on a session batching does not reach, ``last_flush()`` stays ``None``.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlmodel
-from sqlalchemy import ForeignKey, String, func, select
+from sqlalchemy import ForeignKey, String, event, func, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -318,14 +319,18 @@ async def test_disable_undoes(db: AsyncEngine) -> None:
         assert_native(await flush_new(session))
 
     enable_async_batching(MySession)
+    assert "_flush" in MySession.__dict__  # the GC pause around each flush
     disable_async_batching(MySession)
+    assert "_flush" not in MySession.__dict__
     async with AsyncSession(db, sync_session_class=MySession) as session:
         assert_native(await flush_new(session))
 
     async with AsyncSession(db) as session:
         enable_async_batching(session)
+        assert "_flush" in session.sync_session.__dict__
         assert_batched(await flush_new(session))
         disable_async_batching(session)
+        assert "_flush" not in session.sync_session.__dict__
         assert not is_batching_enabled(session)
         before = last_flush(session)
         session.add(family(99))
@@ -385,3 +390,50 @@ def test_library_bug_is_enabled_for_subclass_of_enabled_class(cleanup: list[Any]
     cleanup.append(MySession)
     assert is_batching_enabled(MySubSession())  # an instance: True
     assert is_batching_enabled(MySubSession)  # the class itself: False
+
+
+async def test_gc_paused_for_the_whole_flush_and_always_restored(db: AsyncEngine) -> None:
+    """The cyclic GC is off from before ``before_flush`` to the end of a flush with new
+    objects (a full collection mid-flush walks every object in the process), and on again
+    however the flush ends -- here a ``before_flush`` listener of the application raising."""
+    maker = async_sessionmaker(db)
+    enable_async_batching(maker)
+    seen: list[bool] = []
+
+    def record(session: Any, flush_context: Any, objects: Any) -> None:
+        seen.append(gc.isenabled())
+
+    def boom(session: Any, flush_context: Any, objects: Any) -> None:
+        raise RuntimeError("boom")
+
+    assert gc.isenabled()
+    async with maker() as session:
+        event.listen(session.sync_session, "before_flush", record)
+        session.add_all([family(i) for i in range(PARENTS)])
+        await session.flush()
+        assert seen == [False]
+        assert gc.isenabled()
+
+        event.listen(session.sync_session, "before_flush", boom)
+        session.add(family(99))
+        with pytest.raises(RuntimeError, match="boom"):
+            await session.flush()
+        assert gc.isenabled()
+        await session.rollback()
+
+    enable_async_batching(maker, pause_gc=False)
+    async with maker() as session:
+        event.listen(session.sync_session, "before_flush", record)
+        session.add_all([family(i) for i in range(PARENTS)])
+        await session.flush()
+        assert seen[-1] is True
+
+    gc.disable()  # the application's own choice is left as it is
+    try:
+        enable_async_batching(maker, pause_gc=True)
+        async with maker() as session:
+            session.add_all([family(i) for i in range(PARENTS)])
+            await session.flush()
+            assert not gc.isenabled()
+    finally:
+        gc.enable()
