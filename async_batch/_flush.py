@@ -201,7 +201,7 @@ class FlushRun:
         self.report.fallbacks.append(Fallback(what, reason, objects))
 
     def _run(self) -> None:
-        states = _sa.registered_new_states(self.ctx)
+        states, registered_persistent = _sa.registered_states(self.ctx)
         if not states:
             return
         _sa.sort_by_insert_order(states)
@@ -299,7 +299,7 @@ class FlushRun:
         self._mark("candidates")
         # 2. a group of linked new objects is written by one side only
         links = self._links
-        persistent = _sa.registered_persistent_states(self.ctx) if candidate else []
+        persistent = registered_persistent if candidate else []
         if candidate and (persistent or any(i.relationships for i in infos.values())):
             registered = self.ctx.states
             bad: set[InstanceState[Any]] = {s for s in states if s not in candidate}

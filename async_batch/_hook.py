@@ -54,7 +54,7 @@ class _Registration:
         if objects:
             # Session.flush(objects): a subset flush keeps SQLAlchemy's own semantics.
             return
-        if not session.new:
+        if not _sa.has_pending(session):
             return
         run = FlushRun(session, flush_context, self.options)
         setattr(flush_context, _FLAG, run)

@@ -51,13 +51,24 @@ def check_version() -> None:
 # --- session and unit of work -----------------------------------------------------------------
 
 
-def registered_new_states(flush_context: Any) -> list[InstanceState[Any]]:
-    """States the unit of work will INSERT (registered, not delete, not list-only)."""
-    return [
-        st
-        for st, (isdelete, listonly) in flush_context.states.items()
-        if not isdelete and not listonly and st.key is None
-    ]
+def registered_states(
+    flush_context: Any,
+) -> tuple[list[InstanceState[Any]], list[tuple[InstanceState[Any], bool]]]:
+    """In one pass over the unit of work's registered states: the new ones it will INSERT,
+    and (state, is_delete) for every persistent one it will UPDATE/DELETE (list-only entries
+    are neither)."""
+    new: list[InstanceState[Any]] = []
+    persistent: list[tuple[InstanceState[Any], bool]] = []
+    add_new = new.append
+    for st, (isdelete, listonly) in flush_context.states.items():
+        if listonly:
+            continue
+        if st.key is None:
+            if not isdelete:
+                add_new(st)
+        else:
+            persistent.append((st, isdelete))
+    return new, persistent
 
 
 _mapper_of = operator.attrgetter("manager.mapper")
@@ -106,15 +117,6 @@ def release_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> 
     uow_states = flush_context.states
     for st in states:
         uow_states.pop(st, None)
-
-
-def registered_persistent_states(flush_context: Any) -> list[tuple[InstanceState[Any], bool]]:
-    """(state, is_delete) for every persistent object the unit of work will UPDATE/DELETE."""
-    return [
-        (st, isdelete)
-        for st, (isdelete, listonly) in flush_context.states.items()
-        if not listonly and st.key is not None
-    ]
 
 
 def wrap_flush_context(
