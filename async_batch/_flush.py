@@ -455,14 +455,14 @@ class FlushRun:
                 _sa.expire_attributes(st, keys)
 
         self._mark("write")
-        _sa.withhold_states(self.ctx, fast)
+        _sa.withhold_states(self.ctx, fast_groups)
         self.fast = fast
         self.fast_groups = fast_groups
         report.accelerated = len(fast)
         # persistent parents whose only change is that their collections gained the objects we
         # just wrote: nothing is left for the unit of work to do with them but bookkeeping
         self.parents_done = self._idle_parents(fast_set, infos)
-        _sa.withhold_states(self.ctx, self.parents_done)
+        _sa.withhold_states(self.ctx, _sa.group_by_mapper(self.parents_done))
 
     def _idle_parents(
         self, fast_set: set[InstanceState[Any]], infos: dict[Any, MapperInfo]
@@ -569,13 +569,8 @@ class FlushRun:
             return
         ordered: list[tuple[IdSource, list[_Chunk]]] = []
         for src, chunks in need.values():
-            if len(chunks) > 1:
-                # fast and native objects, or several mappers, may share a sequence: number
-                # them all in insert order
-                merged = [(key, st) for key, sts in chunks for st in sts]
-                merged.sort(key=lambda ks: _sa.insert_order(ks[1]))
-                chunks = _rechunk(merged)
             first = chunks[0][1][0]
+            depth: dict[InstanceState[Any], int] = {}
             if infos[first.manager.mapper].self_referential:
                 # the unit of work inserts a self-referencing mapper level by level (parents
                 # first), numbering rows in that order: hand out ids the same way
@@ -586,9 +581,16 @@ class FlushRun:
                     if not isdelete and not listonly and st.manager.mapper.base_mapper is base
                 ]
                 depth = _depths(in_flush, infos, self._links, conn.dialect)
-                merged = [(key, st) for key, sts in chunks for st in sts]
-                merged.sort(key=lambda ks: (depth.get(ks[1], 0), _sa.insert_order(ks[1])))
-                chunks = _rechunk(merged)
+            if depth or len(chunks) > 1:
+                # fast and native objects, or several mappers, may share a sequence: number
+                # them all in insert order (by level first, for a self-referencing mapper)
+                merged = [
+                    (depth.get(st, 0), _sa.insert_order(st), key, st)
+                    for key, sts in chunks
+                    for st in sts
+                ]
+                merged.sort(key=lambda e: (e[0], e[1]))
+                chunks = _rechunk([(key, st) for _d, _o, key, st in merged])
             ordered.append((src, chunks))
         # validate every cached lookup whose table name search_path resolves, in the same trip
         checked = [
@@ -613,10 +615,15 @@ class FlushRun:
 
     # -- relationships -------------------------------------------------------------------------
 
-    def _set(self, st: InstanceState[Any], key: str, value: Any) -> None:
-        d = self._dicts.get(st)
+    def _set(
+        self, st: InstanceState[Any], key: str, value: Any, d: dict[str, Any] | None = None
+    ) -> None:
+        """Set an attribute value as ``sync.populate`` would, recording the old one for the
+        undo; ``d`` is the state's dict if the caller has it at hand."""
         if d is None:
-            d = st.dict
+            d = self._dicts.get(st)
+            if d is None:
+                d = st.dict
         old = d.get(key, _MISSING)
         if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
             return
@@ -673,8 +680,6 @@ class FlushRun:
                 d = dicts[st]
                 for src_key, dst_key in equated:
                     set_(st, dst_key, d.get(src_key))
-        undo = self._undo
-        plain_attrs = self._plain_attrs
         key_pairs: dict[tuple[int, Any, Any], list[tuple[Any, str, str]]] = {}
 
         def copy_keys(rel: Any, src: InstanceState[Any], dst: InstanceState[Any]) -> None:
@@ -694,17 +699,7 @@ class FlushRun:
                 dd = dst.dict
             for left, sk, dk in pairs:
                 v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
-                old = dd.get(dk, _MISSING)
-                if old is v or (old is not _MISSING and old == v and type(old) is type(v)):
-                    continue
-                undo.append((dst, dk, old))
-                plain = plain_attrs.get((dm, dk))
-                if plain is None:
-                    plain = plain_attrs[(dm, dk)] = not _sa.has_set_listeners(dst, dk)
-                if plain:
-                    dd[dk] = v
-                else:
-                    _sa.set_attr(dst, dd, dk, v)
+                set_(dst, dk, v, dd)
 
         for m, sts in fast_groups.items():
             info = infos[m]
@@ -1152,13 +1147,23 @@ def _round_trip_estimates(
             native += 2 * len(sts)
             continue
         _sa.sort_by_insert_order(sts)
-        last: dict[Any, Any] = {}
-        for st in sts:
-            for table, keyset in _sig_key(st, infos):
-                if last.get(table, _MISSING) != keyset:
-                    last[table] = keyset
-                    native += 1
+        keysets = _table_keysets([_sig_key(st, infos) for st in sts])
+        native += sum(_runs(seq) for seq in keysets.values())
     return 1 + len(tables), native
+
+
+def _table_keysets(sigs: list[Any]) -> dict[Any, list[Any]]:
+    """Per table, the key sets of the given ``_sig_key`` signatures, in order."""
+    per_table: dict[Any, list[Any]] = defaultdict(list)
+    for sig in sigs:
+        for table, keyset in sig:
+            per_table[table].append(keyset)
+    return per_table
+
+
+def _runs(seq: list[Any]) -> int:
+    """Runs of equal consecutive items: the INSERT statements native issues for a table."""
+    return 1 + sum(1 for a, b in itertools.pairwise(seq) if a != b)
 
 
 def _regroup_plan(
@@ -1182,17 +1187,8 @@ def _regroup_plan(
             continue
         # The unit of work batches consecutive rows *of one table* with equal key sets:
         # regroup only if some table's rows are not already contiguous by key set.
-        per_table: dict[Any, list[Any]] = defaultdict(list)
-        sigs = []
-        for st in sts:
-            sig = _sig_key(st, infos)
-            sigs.append(sig)
-            for table, keyset in sig:
-                per_table[table].append(keyset)
-        if all(
-            1 + sum(1 for a, b in itertools.pairwise(seq) if a != b) <= len(set(seq))
-            for seq in per_table.values()
-        ):
+        sigs = [_sig_key(st, infos) for st in sts]
+        if all(_runs(seq) <= len(set(seq)) for seq in _table_keysets(sigs).values()):
             continue
         groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
         for st, sig in zip(sts, sigs, strict=True):

@@ -283,35 +283,9 @@ def related_states(
     """(relationship, related state) for every object in the relationship's added history --
     what the unit of work's dependency processors synchronize keys for. ``pending`` includes
     appends queued on unloaded collections of persistent objects."""
-    if d is None:
-        d = state.dict
-    out: list[tuple[Relationship, InstanceState[Any] | None]] = []
-    committed = state.committed_state
-    passive = PassiveFlag.PASSIVE_NO_INITIALIZE
-    if pending:
-        passive |= PassiveFlag.INCLUDE_PENDING_MUTATIONS
-    for rel in info.relationships:
-        key = rel.key
-        if key not in d:
-            if pending and "_pending_mutations" in state.__dict__:
-                hist = state.manager[key].impl.get_history(state, d, passive)
-                for obj in hist.added or ():
-                    out.append((rel, None if obj is None else instance_state(obj)))
-            continue
-        if committed.get(key, MISSING) is NO_VALUE:
-            # set on a pending object: the whole current value is "added" (the shortcut of
-            # History.from_object_attribute / from_collection for an original of NO_VALUE)
-            current = d[key]
-            if rel.direction is MANYTOONE:
-                out.append((rel, None if current is None else instance_state(current)))
-            else:
-                out.extend((rel, instance_state(obj)) for obj in current)
-            continue
-        impl = state.manager[key].impl
-        hist = impl.get_history(state, d, passive)
-        for obj in hist.added or ():
-            out.append((rel, None if obj is None else instance_state(obj)))
-    return out
+    out: dict[InstanceState[Any], list[tuple[Relationship, InstanceState[Any] | None]]] = {}
+    related_states_many([state], info, {state: state.dict if d is None else d}, out, pending)
+    return out[state]
 
 
 def related_states_many(
@@ -319,24 +293,35 @@ def related_states_many(
     info: MapperInfo,
     dicts: dict[InstanceState[Any], dict[str, Any]],
     out: dict[InstanceState[Any], list[tuple[Relationship, InstanceState[Any] | None]]],
+    pending: bool = False,
 ) -> None:
-    """``related_states`` for many new states of one mapper, relationship by relationship
-    (each state's list comes out in the same order as ``related_states`` gives it)."""
+    """``related_states`` for many states of one mapper, relationship by relationship (each
+    state's list in ``out`` comes out in relationship order)."""
     lists = [out.setdefault(st, []) for st in states]
+    passive = PassiveFlag.PASSIVE_NO_INITIALIZE
+    if pending:
+        passive |= PassiveFlag.INCLUDE_PENDING_MUTATIONS
     for rel in info.relationships:
         key = rel.key
         to_one = rel.direction is MANYTOONE
         for st, found in zip(states, lists, strict=True):
             d = dicts[st]
             if key not in d:
+                if pending and "_pending_mutations" in st.__dict__:
+                    hist = st.manager[key].impl.get_history(st, d, passive)
+                    for obj in hist.added or ():
+                        found.append((rel, None if obj is None else instance_state(obj)))
                 continue
             if st.committed_state.get(key, MISSING) is NO_VALUE:
+                # set on a pending object: the whole current value is "added" (the shortcut
+                # of History.from_object_attribute / from_collection for an original of
+                # NO_VALUE)
                 current = d[key]
                 if to_one:
                     found.append((rel, None if current is None else instance_state(current)))
                 else:
                     found.extend([(rel, instance_state(obj)) for obj in current])
                 continue
-            hist = st.manager[key].impl.get_history(st, d, PassiveFlag.PASSIVE_NO_INITIALIZE)
+            hist = st.manager[key].impl.get_history(st, d, passive)
             for obj in hist.added or ():
                 found.append((rel, None if obj is None else instance_state(obj)))

@@ -101,14 +101,17 @@ def state_dicts(states: list[InstanceState[Any]]) -> dict[InstanceState[Any], di
         return {st: st.dict for st in states}
 
 
-def withhold_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
-    """Keep written states registered (so a dependency processor that cascades to them finds
-    them already there instead of registering them again) but out of every per-mapper set the
-    save and dependency actions iterate, so the unit of work never writes them."""
-    states = list(states)
-    flush_context.states.update(dict.fromkeys(states, (False, True)))
+def withhold_states(
+    flush_context: Any, groups: Mapping[Mapper[Any], Sequence[InstanceState[Any]]]
+) -> None:
+    """Keep written states (per mapper) registered (so a dependency processor that cascades to
+    them finds them already there instead of registering them again) but out of every
+    per-mapper set the save and dependency actions iterate, so the unit of work never writes
+    them."""
+    uow_states = flush_context.states
     mappers = flush_context.mappers
-    for m, group in group_by_mapper(states).items():
+    for m, group in groups.items():
+        uow_states.update(dict.fromkeys(group, (False, True)))
         mappers[m].difference_update(group)
 
 
