@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import operator
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -83,7 +84,8 @@ def _sql_states(
 ) -> list[InstanceState[Any]]:
     """The states with an attribute set to a SQL expression: the value types of all the
     states' dicts are collected in one pass first (almost always none is SQL)."""
-    types = set(map(type, itertools.chain.from_iterable([dicts[st].values() for st in states])))
+    ds = map(dicts.__getitem__, states)
+    types = set(map(type, itertools.chain.from_iterable(map(dict.values, ds))))
     if not any(_is_sql_type(t) for t in types):
         return []
     return [st for st in states if any(_is_sql_type(type(v)) for v in dicts[st].values())]
@@ -285,7 +287,7 @@ class FlushRun:
                     candidate.update(sts)
                     continue
                 key = info.id_propkey
-                ok = [st for st in sts if dicts[st].get(key) is not None]
+                ok = _without(sts, dicts, key, invert=True)
                 if len(ok) < len(sts):
                     reasons.setdefault(m, meta.id_reason or "ids not available")
                 candidate.update(ok)
@@ -535,7 +537,7 @@ class FlushRun:
             key = info.id_propkey
             if key is None:
                 continue
-            missing = [st for st in sts if dicts[st].get(key) is None]
+            missing = _without(sts, dicts, key)
             if missing:
                 chunks_for(info).append((key, missing))
         mode = self.options.prefetch
@@ -562,7 +564,7 @@ class FlushRun:
                     or m.base_mapper in mixed
                 ):
                     continue
-                missing = [st for st in sts if dicts[st].get(key) is None]
+                missing = _without(sts, dicts, key)
                 if missing:
                     chunks_for(info).append((key, missing))
         if not need:
@@ -597,7 +599,7 @@ class FlushRun:
             (t, m) for t, m in metas.items() if _sequences.effective_schema(t.schema, conn) is None
         ]
         wanted = [
-            (src, [(key, [dicts[st] for st in sts]) for key, sts in chunks])
+            (src, [(key, list(map(dicts.__getitem__, sts))) for key, sts in chunks])
             for src, chunks in ordered
         ]
         try:
@@ -859,9 +861,9 @@ class FlushRun:
             # one kind of row for the whole table: read all of them in one comprehension
             ts0, sts0 = chunks[0]
             keys0 = simple[id(ts0)]
-            rows0 = [tuple(map(dicts[st].get, keys0)) for st in sts0]
+            rows0 = _rows_of(sts0, dicts, keys0)
             pk_at = [i for i, k in enumerate(keys0) if k in ts0.pk_propkeys]
-            if not any(r[i] is None for i in pk_at for r in rows0):
+            if not any(None in map(operator.itemgetter(i), rows0) for i in pk_at):
                 groups[()] = (rows0, sts0, [ts0] * len(sts0))
                 chunks = []
         if len(chunks) == 1:
@@ -1036,6 +1038,41 @@ class FlushRun:
 
 
 _Chunk = tuple[str, list[InstanceState[Any]]]
+
+
+def _rows_of(
+    states: list[InstanceState[Any]],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    keys: list[str],
+) -> list[tuple[Any, ...]]:
+    """Each state's ``keys`` values as a tuple, None where an attribute is absent."""
+    ds = list(map(dicts.__getitem__, states))
+    if len(keys) > 1:
+        try:
+            return list(map(operator.itemgetter(*keys), ds))
+        except KeyError:
+            pass
+    return [tuple(map(d.get, keys)) for d in ds]
+
+
+def _without(
+    states: list[InstanceState[Any]],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    key: str,
+    invert: bool = False,
+) -> list[InstanceState[Any]]:
+    """The states whose attribute ``key`` is None or absent (with ``invert``: set), in order;
+    decided by C-level passes (usually all or none of them lack it)."""
+    values = map(dict.get, map(dicts.__getitem__, states), itertools.repeat(key))
+    missing = list(map(operator.is_, values, itertools.repeat(None)))
+    if invert:
+        missing = list(map(operator.not_, missing))
+    n = missing.count(True)
+    if n == len(missing):
+        return list(states)
+    if n == 0:
+        return []
+    return list(itertools.compress(states, missing))
 
 
 def _rechunk(pairs: list[tuple[str, InstanceState[Any]]]) -> list[_Chunk]:

@@ -12,6 +12,8 @@ and ``check_version()`` refuses versions this module was not written for.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,16 +53,27 @@ def check_version() -> None:
 # --- session and unit of work -----------------------------------------------------------------
 
 
+_SAVE = (False, False)  # (isdelete, listonly) of an object the unit of work will save
+_key_of = operator.attrgetter("key")
+
+
 def registered_states(
     flush_context: Any,
 ) -> tuple[list[InstanceState[Any]], list[tuple[InstanceState[Any], bool]]]:
     """In one pass over the unit of work's registered states: the new ones it will INSERT,
     and (state, is_delete) for every persistent one it will UPDATE/DELETE (list-only entries
     are neither)."""
+    registered: dict[InstanceState[Any], tuple[bool, bool]] = flush_context.states
+    # the common flush, every object new and saved: decided without a Python-level loop
+    flags = list(registered.values())
+    if flags.count(_SAVE) == len(flags):
+        states = list(registered)
+        if list(map(_key_of, states)).count(None) == len(states):
+            return states, []
     new: list[InstanceState[Any]] = []
     persistent: list[tuple[InstanceState[Any], bool]] = []
     add_new = new.append
-    for st, (isdelete, listonly) in flush_context.states.items():
+    for st, (isdelete, listonly) in registered.items():
         if listonly:
             continue
         if st.key is None:
@@ -117,9 +130,7 @@ def withhold_states(
 
 def release_states(flush_context: Any, states: Iterable[InstanceState[Any]]) -> None:
     """Drop withheld states before the unit of work finalizes its own."""
-    uow_states = flush_context.states
-    for st in states:
-        uow_states.pop(st, None)
+    _consume(map(flush_context.states.pop, states, itertools.repeat(None)))
 
 
 def wrap_flush_context(
@@ -223,6 +234,7 @@ def register_persistent(
     p2p = session.dispatch.pending_to_persistent or None
     slow: set[InstanceState[Any]] = set()
     adopted: list[InstanceState[Any]] = []
+    common = {**_ADOPTED, "_instance_dict": wr}
     for mapper, group in groups.items():
         identity_class = mapper._identity_class  # noqa: SLF001
         keys = [p.key for p in mapper._identity_key_props]  # noqa: SLF001
@@ -241,31 +253,51 @@ def register_persistent(
             if partial or state.key is not None or id_dict.setdefault(key, state) is not state:
                 slow.add(state)
                 continue
-            state.key = key
-            state._instance_dict = wr  # noqa: SLF001
-            state._orphaned_outside_of_session = False  # noqa: SLF001
-            # InstanceState._commit_all_states, inlined
-            state.committed_state.clear()
+            # the attributes InstanceState keeps in its __dict__ (plain class-level defaults,
+            # no descriptors), set as _register_persistent and _commit_all_states set them
             sd = state.__dict__
+            sd.update(common)
+            sd["key"] = key
+            state.committed_state.clear()
             if "_pending_mutations" in sd:
                 del sd["_pending_mutations"]
             expired = state.expired_attributes
             if expired:
                 expired.difference_update(d)
-            if state.modified:
-                modified.discard(state)
-            state.modified = state.expired = False
-            state._strong_obj = None  # noqa: SLF001
             adopted.append(state)
+    if modified:
+        modified.difference_update(adopted)
     if trans is not None:
-        trans._new.update(dict.fromkeys(adopted, True))  # noqa: SLF001
+        _weak_keys_set(trans._new, adopted, True)  # noqa: SLF001
     if p2p is not None:
         for state in adopted:
             p2p(session, state)
-    for state in adopted:
-        new.pop(state, None)
+    _consume(map(new.pop, adopted, itertools.repeat(None)))
     if slow:
         session._register_persistent(slow)  # noqa: SLF001
+
+
+_ADOPTED = {
+    "_orphaned_outside_of_session": False,
+    "modified": False,
+    "expired": False,
+    "_strong_obj": None,
+}
+
+
+def _consume(it: Iterable[Any]) -> None:
+    collections.deque(it, 0)
+
+
+def _weak_keys_set(wkd: Any, keys: Sequence[Any], value: Any) -> None:
+    """``wkd.update(dict.fromkeys(keys, value))`` for a WeakKeyDictionary, without its
+    Python-level loop (its ``__setitem__`` is ``data[ref(key, _remove)] = value``)."""
+    remove = getattr(wkd, "_remove", None)
+    data = getattr(wkd, "data", None)
+    if type(wkd) is not weakref.WeakKeyDictionary or remove is None or data is None:
+        wkd.update(dict.fromkeys(keys, value))
+        return
+    data.update(zip(map(weakref.ref, keys, itertools.repeat(remove)), itertools.repeat(value)))
 
 
 def register_persistent_native(session: Session, states: Sequence[InstanceState[Any]]) -> None:

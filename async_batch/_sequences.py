@@ -10,7 +10,10 @@ effective (translated) table reference.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
+import operator
 import threading
 import warnings
 import weakref
@@ -278,9 +281,11 @@ def draw_ids(
         pos = 0
         for key, ds in chunks:
             # the objects had no id: the key was absent, or None (kept for the undo)
-            undo.append((ds, key, [d for d in ds if key in d]))
-            for d, new_id in zip(ds, ids[pos : pos + len(ds)], strict=True):
-                d[key] = new_id
+            held = list(map(operator.contains, ds, itertools.repeat(key)))
+            undo.append((ds, key, list(itertools.compress(ds, held)) if any(held) else []))
+            collections.deque(
+                map(operator.setitem, ds, itertools.repeat(key), ids[pos : pos + len(ds)]), 0
+            )
             pos += len(ds)
     return undo
 
