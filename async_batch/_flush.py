@@ -188,6 +188,8 @@ class FlushRun:
             native_finalize()
             _sa.register_persistent(self.session, self.fast_groups, self._dicts)
             _sa.register_persistent_native(self.session, self.parents_done)
+            if self.fast:
+                _sa.use_fast_expiry(self.session)
         self._mark("adopt")
         store(self.session, self.report)
 

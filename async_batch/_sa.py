@@ -13,8 +13,11 @@ and ``check_version()`` refuses versions this module was not written for.
 from __future__ import annotations
 
 import collections
+import hashlib
+import inspect
 import itertools
 import operator
+import textwrap
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -22,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 import sqlalchemy
 from sqlalchemy import Column, Table
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.orm.state import InstanceState
@@ -272,7 +275,11 @@ def register_persistent(
     if p2p is not None:
         for state in adopted:
             p2p(session, state)
-    _consume(map(new.pop, adopted, itertools.repeat(None)))
+    if p2p is None and len(adopted) == len(new):
+        # every pending object was adopted (each was pending once; no listener ran since)
+        new.clear()
+    else:
+        _consume(map(new.pop, adopted, itertools.repeat(None)))
     if slow:
         session._register_persistent(slow)  # noqa: SLF001
 
@@ -298,6 +305,116 @@ def _weak_keys_set(wkd: Any, keys: Sequence[Any], value: Any) -> None:
         wkd.update(dict.fromkeys(keys, value))
         return
     data.update(zip(map(weakref.ref, keys, itertools.repeat(remove)), itertools.repeat(value)))
+
+
+# --- expiry on commit --------------------------------------------------------------------------
+
+# sha256 of the source of InstanceState._expire and SessionTransaction._remove_snapshot in the
+# releases _expire_all was written against (identical in 2.0.58 and 2.1.9); any other source
+# keeps SQLAlchemy's own commit expiry
+_EXPIRE_SOURCES = frozenset(
+    {
+        "b7902d2c23210da9869299a6e3437425b3989e7e474be7205e34b1563585600d",
+        "321b3676e0b4171299fe5c1458cd285bb01ed988f6ad0cdc30664373ba3ee5ec",
+    }
+)
+_expire_checked: list[bool] = []
+
+
+def _source_digest(fn: Any) -> str | None:
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):  # pragma: no cover - no source shipped
+        return None
+    return hashlib.sha256(textwrap.dedent(src).encode()).hexdigest()
+
+
+def fast_expiry_available() -> bool:
+    """Whether this SQLAlchemy's commit expiry is the code ``_expire_all`` reproduces."""
+    if not _expire_checked:
+        digests = {
+            _source_digest(InstanceState._expire),  # noqa: SLF001
+            _source_digest(SessionTransaction._remove_snapshot),  # noqa: SLF001
+        }
+        _expire_checked.append(digests <= _EXPIRE_SOURCES)
+    return _expire_checked[0]
+
+
+def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:
+    """``state._expire(state.dict, modified_set)`` for every state, statement for statement
+    (see ``InstanceState._expire``), with what depends only on the class manager looked up
+    once per manager instead of once per object."""
+    per_manager: dict[Any, tuple[list[str], Any, Any, Any]] = {}
+    instance_dict = orm_base.instance_dict
+    for state in states:
+        manager = state.manager
+        found = per_manager.get(manager)
+        if found is None:
+            found = per_manager[manager] = (
+                [impl.key for impl in manager._loader_impls],  # noqa: SLF001
+                manager._collection_impl_keys,  # noqa: SLF001
+                manager._all_key_set,  # noqa: SLF001
+                manager.dispatch.expire if manager.dispatch.expire else None,
+            )
+        loader_keys, collection_keys, all_keys, on_expire = found
+        obj = state.obj()
+        dict_ = instance_dict(obj) if obj is not None else {}
+        state.expired = True
+        if state.modified:
+            modified_set.discard(state)
+            state.committed_state.clear()
+            state.modified = False
+        state._strong_obj = None  # noqa: SLF001
+        sd = state.__dict__
+        if "_pending_mutations" in sd:
+            del sd["_pending_mutations"]
+        if "parents" in sd:
+            del sd["parents"]
+        state.expired_attributes.update(loader_keys)
+        callables = state.callables
+        if callables:
+            for k in state.expired_attributes.intersection(callables):
+                del callables[k]
+        for k in collection_keys.intersection(dict_):
+            collection = dict_.pop(k)
+            collection._sa_adapter.invalidated = True  # noqa: SLF001
+        lkv = state._last_known_values  # noqa: SLF001
+        if lkv:
+            lkv.update({k: dict_[k] for k in lkv if k in dict_})
+        for key in all_keys.intersection(dict_):
+            del dict_[key]
+        if on_expire is not None:
+            on_expire(state, None)
+
+
+def use_fast_expiry(session: Session) -> None:
+    """Let the commit of the session's current root transaction expire the identity map with
+    ``_expire_all`` (an instance attribute shadowing ``_remove_snapshot`` on that one
+    transaction object); nested transactions and sessions without ``expire_on_commit`` keep
+    SQLAlchemy's own method."""
+    trans = session._transaction  # noqa: SLF001
+    if trans is None or not fast_expiry_available():
+        return
+    while trans._parent is not None:  # noqa: SLF001
+        trans = trans._parent  # noqa: SLF001
+    if "_remove_snapshot" in trans.__dict__:
+        return
+    ref = weakref.ref(trans)
+
+    def remove_snapshot() -> None:
+        t = ref()
+        assert t is not None
+        sess = t.session
+        if t.nested or not sess.expire_on_commit:
+            SessionTransaction._remove_snapshot(t)  # noqa: SLF001
+            return
+        assert t._is_transaction_boundary  # noqa: SLF001
+        idmap = sess.identity_map
+        _expire_all(idmap.all_states(), idmap._modified)  # noqa: SLF001
+        InstanceState._detach_states(list(t._deleted), sess)  # noqa: SLF001
+        t._deleted.clear()  # noqa: SLF001
+
+    trans.__dict__["_remove_snapshot"] = remove_snapshot
 
 
 def register_persistent_native(session: Session, states: Sequence[InstanceState[Any]]) -> None:
