@@ -415,7 +415,8 @@ async def test_task_cancelled_mid_flush(
             task.cancel()
         else:
             # long enough for the flush to build its rows and reach the gate on a slow machine
-            timeout = scaled(1, 20)
+            # (a native flush of the large batch took over 1 s to get there on a busy 2-core one)
+            timeout = scaled(3, 20)
             task = asyncio.ensure_future(asyncio.wait_for(session.flush(), timeout))
             pid = await gate.blocked_pid(timeout)
         try:
