@@ -860,12 +860,15 @@ class FlushRun:
                 simple[spec_id] = [p[0] for p in plan]
         entries: list[tuple[InstanceState[Any], TableSpec]] = []
         if len(chunks) == 1 and simple:
-            # one kind of row for the whole table: read all of them in one comprehension
+            # one kind of row for the whole table: read all of them at once
             ts0, sts0 = chunks[0]
             keys0 = simple[id(ts0)]
             rows0 = _rows_of(sts0, dicts, keys0)
             pk_at = [i for i, k in enumerate(keys0) if k in ts0.pk_propkeys]
-            if not any(None in map(operator.itemgetter(i), rows0) for i in pk_at):
+            nones = itertools.repeat(None)
+            if not any(
+                any(map(operator.is_, map(operator.itemgetter(i), rows0), nones)) for i in pk_at
+            ):
                 groups[()] = (rows0, sts0, [ts0] * len(sts0))
                 chunks = []
         if len(chunks) == 1:
