@@ -14,6 +14,7 @@ refuses versions this module was not written for.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import inspect
 import itertools
@@ -319,7 +320,6 @@ _EXPIRE_SOURCES = frozenset(
         "321b3676e0b4171299fe5c1458cd285bb01ed988f6ad0cdc30664373ba3ee5ec",
     }
 )
-_expire_checked: list[bool] = []
 
 
 def _source_digest(fn: Any) -> str | None:
@@ -330,15 +330,14 @@ def _source_digest(fn: Any) -> str | None:
     return hashlib.sha256(textwrap.dedent(src).encode()).hexdigest()
 
 
+@functools.cache
 def fast_expiry_available() -> bool:
     """Whether this SQLAlchemy's commit expiry is the code ``_expire_all`` reproduces."""
-    if not _expire_checked:
-        digests = {
-            _source_digest(InstanceState._expire),  # noqa: SLF001
-            _source_digest(SessionTransaction._remove_snapshot),  # noqa: SLF001
-        }
-        _expire_checked.append(digests <= _EXPIRE_SOURCES)
-    return _expire_checked[0]
+    digests = {
+        _source_digest(InstanceState._expire),  # noqa: SLF001
+        _source_digest(SessionTransaction._remove_snapshot),  # noqa: SLF001
+    }
+    return digests <= _EXPIRE_SOURCES
 
 
 def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:

@@ -158,7 +158,7 @@ async def test_no_expire_on_commit_keeps_objects_loaded(tables: AsyncEngine) -> 
 async def test_unknown_sqlalchemy_source_keeps_its_own_expiry(
     tables: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sa, "_expire_checked", [False])
+    monkeypatch.setattr(_sa, "fast_expiry_available", lambda: False)
     installed, expired = await _batched_commit(tables)
     assert not installed
     assert expired == [True] * 5
