@@ -21,7 +21,7 @@ from sqlalchemy import Column, Table
 from sqlalchemy.orm import Mapper, RelationshipProperty
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
-from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE
+from sqlalchemy.orm.interfaces import MANYTOMANY
 from sqlalchemy.orm.state import InstanceState
 
 from . import _sa
@@ -303,7 +303,8 @@ def related_states_many(
         passive |= PassiveFlag.INCLUDE_PENDING_MUTATIONS
     for rel in info.relationships:
         key = rel.key
-        to_one = rel.direction is MANYTOONE
+        # a scalar: many-to-one, or one-to-one (uselist=False) either way
+        to_one = not rel.prop.uselist
         for st, found in zip(states, lists, strict=True):
             d = dicts[st]
             if key not in d:
@@ -320,7 +321,9 @@ def related_states_many(
                 if to_one:
                     found.append((rel, None if current is None else instance_state(current)))
                 else:
-                    found.extend([(rel, instance_state(obj)) for obj in current])
+                    found.extend(
+                        [(rel, instance_state(obj)) for obj in _sa.collection_members(current)]
+                    )
                 continue
             hist = st.manager[key].impl.get_history(st, d, passive)
             for obj in hist.added or ():

@@ -440,6 +440,12 @@ def pending_mutation_keys(state: InstanceState[Any]) -> Iterable[str]:
     return pending.keys() if pending else ()
 
 
+def collection_members(collection: Any) -> Any:
+    """A loaded collection's members as its adapter iterates them (a dict collection's
+    values), the way ``History.from_collection`` reads them."""
+    return collection._sa_adapter  # noqa: SLF001
+
+
 def collection_history(state: InstanceState[Any], key: str) -> Any:
     """History of a collection as the unit of work reads it, queued appends included."""
     passive = PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS

@@ -114,6 +114,7 @@ CASES = {
     ),
     "existing_tag": spec(tag_existing=True, books=[book(author=None)]),
     "shelf_without_backref": spec(shelf_items=["a", "b", "c"]),
+    "one_to_one": spec(desks=[("o2o", 60), ("m2o", U), ("drawer", None), ("none", U)]),
     "existing_tree": spec(existing_node_children=2),
     "identity_always": spec(always=3),
     "callable_pk": spec(tokens=3),

@@ -12,10 +12,13 @@ from zoo import (
     Author,
     Book,
     Car,
+    Desk,
+    Drawer,
     Employee,
     Engineer,
     Gadget,
     IdentItem,
+    Lamp,
     LazyGadget,
     Manager,
     Membership,
@@ -88,6 +91,20 @@ def build(
             shelf.items.append(item)
             top.append(shelf)
         top.append(item)
+    for i, (via, watts) in enumerate(spec.get("desks", [])):
+        desk = make(Desk, room=f"r{i}")
+        top.append(desk)
+        if via == "none":
+            continue
+        lamp = make(Lamp, **_kw({"watts": watts}))
+        if via == "o2o":
+            desk.lamp = lamp
+        elif via == "m2o":
+            lamp.desk = desk
+            top.append(lamp)
+        else:  # "drawer": the one-to-one without a backref
+            desk.drawer = make(Drawer, label=f"d{i}")
+            desk.lamp = lamp
     nodes: list[Any] = []
     for n in spec.get("nodes", []):
         node = make(Node, name=n["name"])
@@ -223,5 +240,12 @@ spec_s = st.fixed_dictionaries(
         "tokens": st.integers(0, 2),
         "memberships": st.lists(st.one_of(st.none(), names), max_size=1),
         "explicit_ids": st.integers(0, 2),
+        "desks": st.lists(
+            st.tuples(
+                st.sampled_from(["none", "o2o", "m2o", "drawer"]),
+                maybe(st.integers(1, 200)),
+            ),
+            max_size=3,
+        ),
     }
 )

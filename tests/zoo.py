@@ -197,6 +197,33 @@ class ShelfItem(Base):
     title: Mapped[str]
 
 
+class Desk(Base):
+    """One-to-one (``uselist=False``) from the parent side, with a many-to-one backref."""
+
+    __tablename__ = "desk"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room: Mapped[str]
+    lamp: Mapped[Lamp | None] = relationship(back_populates="desk", uselist=False)
+    drawer: Mapped[Drawer | None] = relationship(uselist=False)
+
+
+class Lamp(Base):
+    __tablename__ = "lamp"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    desk_id: Mapped[int | None] = mapped_column(ForeignKey("desk.id"), unique=True)
+    watts: Mapped[int | None]
+    desk: Mapped[Desk | None] = relationship(back_populates="lamp")
+
+
+class Drawer(Base):
+    """The other end of a one-to-one without a backref."""
+
+    __tablename__ = "drawer"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    desk_id: Mapped[int | None] = mapped_column(ForeignKey("desk.id"))
+    label: Mapped[str]
+
+
 class AlwaysItem(Base):
     """GENERATED ALWAYS AS IDENTITY: explicit ids need OVERRIDING SYSTEM VALUE."""
 
@@ -251,6 +278,9 @@ ALL_CLASSES = [
     NoReturnItem,
     Shelf,
     ShelfItem,
+    Desk,
+    Lamp,
+    Drawer,
     AlwaysItem,
     Token,
     Membership,
