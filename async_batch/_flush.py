@@ -136,7 +136,7 @@ class FlushRun:
         self.fast_groups: Mapping[Any, list[InstanceState[Any]]] = {}
         self._undo: list[tuple[InstanceState[Any], str, Any]] = []
         self._undo_ids: list[_sequences.IdUndo] = []
-        self._plain_attrs: dict[tuple[Any, str], bool] = {}
+        self._plain_attrs: dict[tuple[int, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
         self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
@@ -312,6 +312,8 @@ class FlushRun:
                 if not info.relationships:
                     continue
                 related_states_many(sts, info, dicts, links)
+                if _all_new_and_registered(sts, links, registered):
+                    continue
                 for st in sts:
                     for rel, other in links[st]:
                         if other is None:
@@ -385,8 +387,8 @@ class FlushRun:
         fast_tables: list[Table] = []
         if fast:
             tset: dict[Table, None] = {}
-            for st in fast:
-                info = infos[st.manager.mapper]
+            for fm in by_mapper if fast is states else dict.fromkeys(map(_mapper_of, fast)):
+                info = infos[fm]
                 for ts in info.tables:
                     tset[ts.table] = None
                 for rel in info.relationships:
@@ -632,7 +634,7 @@ class FlushRun:
         if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
             return
         self._undo.append((st, key, old))
-        ck = (st.manager, key)
+        ck = (id(st.manager), key)
         plain = self._plain_attrs.get(ck)
         if plain is None:
             plain = self._plain_attrs[ck] = not _sa.has_set_listeners(st, key)
@@ -684,26 +686,26 @@ class FlushRun:
                 d = dicts[st]
                 for src_key, dst_key in equated:
                     set_(st, dst_key, d.get(src_key))
-        key_pairs: dict[tuple[int, Any, Any], list[tuple[Any, str, str]]] = {}
+        # keyed by ids: a ClassManager's __hash__ is a Python-level method
+        key_pairs: dict[tuple[int, int, int], list[tuple[Any, str, str, bool]]] = {}
+        undo = self._undo
+        plain_attrs = self._plain_attrs
 
-        def copy_keys(rel: Any, src: InstanceState[Any], dst: InstanceState[Any]) -> None:
-            """``sync.populate``: the referenced columns of ``src`` into the foreign key
-            columns of ``dst`` (the relationship's pairs, resolved to attribute keys once
-            per pair of mappers)."""
+        def pairs_for(rel: Any, src: InstanceState[Any], dst: InstanceState[Any]) -> Any:
+            """The relationship's (referenced column, its key on ``src``, foreign key on
+            ``dst``, whether a plain dict write sets it) -- once per pair of classes."""
             dm = dst.manager
-            ck = (id(rel), src.manager, dm)
+            ck = (id(rel), id(src.manager), id(dm))
             pairs = key_pairs.get(ck)
             if pairs is None:
-                pairs = key_pairs[ck] = [
-                    (left, keyof(src, left), keyof(dst, r)) for left, r in rel.pairs
-                ]
-            sd = dicts.get(src)
-            dd = dicts.get(dst)
-            if dd is None:
-                dd = dst.dict
-            for left, sk, dk in pairs:
-                v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
-                set_(dst, dk, v, dd)
+                pairs = key_pairs[ck] = []
+                for left, r in rel.pairs:
+                    dk = keyof(dst, r)
+                    plain = plain_attrs.get((id(dm), dk))
+                    if plain is None:
+                        plain = plain_attrs[(id(dm), dk)] = not _sa.has_set_listeners(dst, dk)
+                    pairs.append((left, keyof(src, left), dk, plain))
+            return pairs
 
         for m, sts in fast_groups.items():
             info = infos[m]
@@ -712,6 +714,8 @@ class FlushRun:
             missing = [st for st in sts if st not in links]
             if missing:
                 related_states_many(missing, info, dicts, links)
+            # per relationship: (the other side's manager, the pairs) last used with it
+            last: dict[int, tuple[Any, Any]] = {}
             for st in sts:
                 for rel, other in links[st]:
                     direction = rel.direction
@@ -719,12 +723,12 @@ class FlushRun:
                         if other is None:
                             for _l, r in rel.pairs:
                                 set_(st, keyof(st, r), None)
-                        else:
-                            copy_keys(rel, other, st)
+                            continue
+                        src, dst = other, st
                     elif other is None:
                         continue
                     elif direction is ONETOMANY:
-                        copy_keys(rel, st, other)
+                        src, dst = st, other
                     elif direction is MANYTOMANY and rel.secondary is not None:
                         if (id(rel.prop), st, other) in seen_pairs:
                             continue
@@ -737,6 +741,29 @@ class FlushRun:
                         for left, r in rel.secondary_pairs:
                             row[r.name] = get(other, left)
                         secondary[rel.secondary].append(row)
+                        continue
+                    else:
+                        continue
+                    # ``sync.populate``: the referenced columns of ``src`` into the foreign
+                    # key columns of ``dst``, as ``_set`` does (inlined: once per link)
+                    sd = dicts.get(src)
+                    dd = dicts.get(dst)
+                    if dd is None:
+                        dd = dst.dict
+                    om = other.manager
+                    hit = last.get(id(rel))
+                    if hit is None or hit[0] is not om:
+                        hit = last[id(rel)] = (om, pairs_for(rel, src, dst))
+                    for left, sk, dk, plain in hit[1]:
+                        v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
+                        old = dd.get(dk, _MISSING)
+                        if old is v or (old is not _MISSING and old == v and type(old) is type(v)):
+                            continue
+                        undo.append((dst, dk, old))
+                        if plain:
+                            dd[dk] = v
+                        else:
+                            _sa.set_attr(dst, dd, dk, v)
         return secondary
 
     # -- rows ----------------------------------------------------------------------------------
@@ -1078,6 +1105,27 @@ def _without(
     if n == 0:
         return []
     return list(itertools.compress(states, missing))
+
+
+_mapper_of = operator.attrgetter("manager.mapper")
+_key_of = operator.attrgetter("key")
+
+
+def _all_new_and_registered(
+    states: list[InstanceState[Any]],
+    links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]],
+    registered: Mapping[InstanceState[Any], Any],
+) -> bool:
+    """Whether every object the states link to is new and in this flush (C-level passes):
+    then no link needs a closer look."""
+    found = itertools.chain.from_iterable(map(links.__getitem__, states))
+    others = set(map(operator.itemgetter(1), found))
+    others.discard(None)
+    if not others:
+        return True
+    return list(map(_key_of, others)).count(None) == len(others) and all(
+        map(registered.__contains__, others)
+    )
 
 
 def _rechunk(pairs: list[tuple[str, InstanceState[Any]]]) -> list[_Chunk]:

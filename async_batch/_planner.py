@@ -313,7 +313,8 @@ def related_states_many(
                     for obj in hist.added or ():
                         found.append((rel, None if obj is None else instance_state(obj)))
                 continue
-            if st.committed_state.get(key, MISSING) is NO_VALUE:
+            original = st.committed_state.get(key, MISSING)
+            if original is NO_VALUE:
                 # set on a pending object: the whole current value is "added" (the shortcut
                 # of History.from_object_attribute / from_collection for an original of
                 # NO_VALUE)
@@ -324,6 +325,16 @@ def related_states_many(
                     found.extend(
                         [(rel, instance_state(obj)) for obj in _sa.collection_members(current)]
                     )
+                continue
+            if not to_one and type(original) is list and not original:
+                # a collection that was empty when first changed: all of it is "added"
+                # (History.from_collection's answer for an empty original, in its order)
+                found.extend(
+                    [
+                        (rel, None if obj is None else instance_state(obj))
+                        for obj in _sa.collection_members(d[key])
+                    ]
+                )
                 continue
             hist = st.manager[key].impl.get_history(st, d, passive)
             for obj in hist.added or ():

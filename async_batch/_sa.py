@@ -98,8 +98,15 @@ def group_by_mapper(
 ) -> dict[Mapper[Any], list[InstanceState[Any]]]:
     """States per mapper, each list in the given order."""
     mappers = list(map(_mapper_of, states))
-    if len(set(mappers)) == 1:
+    distinct = dict.fromkeys(mappers)
+    if len(distinct) == 1:
         return {mappers[0]: list(states)}
+    if len(distinct) <= 8:
+        # a C-level pass per mapper beats a Python-level pass over the states
+        return {
+            m: list(itertools.compress(states, map(operator.is_, mappers, itertools.repeat(m))))
+            for m in distinct
+        }
     out: dict[Mapper[Any], list[InstanceState[Any]]] = {}
     for m, st in zip(mappers, states, strict=True):
         group = out.get(m)
@@ -344,13 +351,14 @@ def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) ->
     """``state._expire(state.dict, modified_set)`` for every state, statement for statement
     (see ``InstanceState._expire``), with what depends only on the class manager looked up
     once per manager instead of once per object."""
-    per_manager: dict[Any, tuple[list[str], Any, Any, Any]] = {}
+    # keyed by id: a ClassManager's __hash__ is a Python-level method
+    per_manager: dict[int, tuple[list[str], Any, Any, Any]] = {}
     instance_dict = orm_base.instance_dict
     for state in states:
         manager = state.manager
-        found = per_manager.get(manager)
+        found = per_manager.get(id(manager))
         if found is None:
-            found = per_manager[manager] = (
+            found = per_manager[id(manager)] = (
                 [impl.key for impl in manager._loader_impls],  # noqa: SLF001
                 manager._collection_impl_keys,  # noqa: SLF001
                 manager._all_key_set,  # noqa: SLF001
