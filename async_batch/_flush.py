@@ -13,6 +13,7 @@ import gc
 import itertools
 import operator
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -129,7 +130,9 @@ class Options:
 class FlushRun:
     def __init__(self, session: Session, flush_context: Any, options: Options) -> None:
         self.session = session
-        self.ctx = flush_context
+        # weakly: the flush context holds this run (its hooks), and must be freed by
+        # reference counting as the flush ends, as a native one is
+        self.ctx = weakref.proxy(flush_context)
         self.options = options
         self.report = FlushReport()
         self.fast: list[InstanceState[Any]] = []

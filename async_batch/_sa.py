@@ -156,10 +156,28 @@ def wrap_flush_context(
     session's ``_flush`` calls them inside its try/rollback block, which gives our writes the
     same transaction and failure handling as native INSERTs.
     """
-    native_execute = flush_context.execute
-    native_finalize = flush_context.finalize_flush_changes
+    native_execute = _weakly_bound(flush_context, flush_context.execute)
+    native_finalize = _weakly_bound(flush_context, flush_context.finalize_flush_changes)
     flush_context.execute = lambda: execute(native_execute)
     flush_context.finalize_flush_changes = lambda: finalize(native_finalize)
+
+
+def _weakly_bound(owner: Any, method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` (bound to ``owner``) without a strong reference to ``owner``: kept in the
+    owner's own ``__dict__``, a bound method would make a reference cycle, and the flush
+    context -- with every state and attribute history of the flush -- would outlive the flush
+    until the next garbage collection (a native flush context is freed as the flush ends)."""
+    func = getattr(method, "__func__", None)
+    if func is None or getattr(method, "__self__", None) is not owner:
+        return method
+    ref = weakref.ref(owner)
+
+    def call() -> None:
+        obj = ref()
+        assert obj is not None
+        func(obj)
+
+    return call
 
 
 def has_pending(session: Session) -> bool:
