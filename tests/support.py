@@ -57,7 +57,13 @@ class Run:
 
 
 def _value(v: Any, index: dict[int, int]) -> Any:
-    if isinstance(v, (list, InstrumentedList, set, tuple)) and not isinstance(v, str):
+    if isinstance(v, (set, frozenset)):
+        # a set iterates in hash order (object addresses): compare it sorted
+        return ("set", sorted((_value(i, index) for i in v), key=repr))
+    if isinstance(v, dict):
+        # a dict collection (attribute_keyed_dict) or a JSON value, in its order
+        return ("dict", [(k, _value(i, index)) for k, i in v.items()])
+    if isinstance(v, (list, InstrumentedList, tuple)) and not isinstance(v, str):
         items = list(v)
         if items and hasattr(items[0], "_sa_instance_state"):
             return ("objs", [index.get(id(o), "?") for o in items])
@@ -90,7 +96,14 @@ def session_state(session: Session, objects: Sequence[Any]) -> list[Any]:
             if st.deleted
             else "detached"
         )
-        d = {k: _value(v, index) for k, v in sorted(st.dict.items()) if k != "_sa_instance_state"}
+        mapped = st.mapper.attrs
+        # an attribute outside the mapping (an association proxy's cached collection, say) is
+        # compared by type only: rendering it may load from the database
+        d = {
+            k: _value(v, index) if k in mapped else ("unmapped", type(v).__name__)
+            for k, v in sorted(st.dict.items())
+            if k != "_sa_instance_state"
+        }
         key = None
         if st.key is not None:
             key = (st.key[0].__name__, st.key[1], st.key[2])
