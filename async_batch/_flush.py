@@ -145,10 +145,12 @@ class FlushRun:
         self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
         self.parents_done: list[InstanceState[Any]] = []
         self._refresh: set[Table] = set()
+        self._early_defaults = False
         self._t0 = time.perf_counter()
 
     def _reset(self) -> None:
         self.report = FlushReport(phases=self.report.phases)
+        self._early_defaults = False
         self.fast = []
         self.fast_groups = {}
         self._links = {}
@@ -357,6 +359,8 @@ class FlushRun:
                         # a persistent parent's collection gained this object: its key comes
                         # from the parent (the native processor will set the same value)
                         self._parents.append((rel, pst, other))
+            # keys copied from new objects: known before the INSERT, or not written by us
+            self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
             if bad:
                 # badness spreads to every new object linked to a bad one, either direction
                 adjacent: dict[InstanceState[Any], list[InstanceState[Any]]] = defaultdict(list)
@@ -448,6 +452,11 @@ class FlushRun:
 
         self._mark("prefetch")
         # 6. foreign keys from relationships, association rows, rows per table
+        if self._early_defaults:
+            # a key copied along a relationship comes from a Python default: evaluate every
+            # Python default now, in the order the rows are built (which the sync below
+            # cannot change: no defaulted column is a sync target, checked in _check_sources)
+            self._apply_defaults(fast_groups, infos, fast_tables)
         secondary_rows = self._sync(fast_groups, infos)
         jobs = self._build(conn, fast_groups, infos, metas, fast_tables, secondary_rows)
 
@@ -623,6 +632,179 @@ class FlushRun:
         self.report.prefetched_ids += sum(len(ds) for ds, _key, _none in undo)
 
     # -- relationships -------------------------------------------------------------------------
+
+    def _check_sources(
+        self,
+        by_mapper: Mapping[Any, list[InstanceState[Any]]],
+        infos: dict[Any, MapperInfo],
+        candidate: set[InstanceState[Any]],
+        bad: set[InstanceState[Any]],
+        reasons: dict[Any, str],
+        dialect: Any,
+    ) -> None:
+        """A key the unit of work copies from a new object (``sync.populate`` after that
+        object's INSERT) must be known before we write anything: set on the object, a
+        prefetched id, or a Python default -- then every Python default is evaluated before
+        the keys are copied (``_early_defaults``), unless some defaulted column is itself a
+        copy target, where the order would matter. A value only the database produces
+        (a server default) cannot be copied ahead: the source object stays native."""
+        risk: dict[tuple[int, Any], tuple[int, str]] = {}
+
+        def classify(rel: Any, src_mapper: Any, cols: list[Any]) -> tuple[int, str]:
+            ck = (id(rel), src_mapper)
+            found = risk.get(ck)
+            if found is None:
+                info = infos.get(src_mapper)
+                if info is None:
+                    info = infos[src_mapper] = mapper_info(src_mapper, dialect)
+                found = (_SAFE, "")
+                for col in cols:
+                    kind = _source_kind(info, col)
+                    if kind > found[0]:
+                        found = (kind, f"{col.table.name}.{col.name}")
+                risk[ck] = found
+            return found
+
+        def risky(m: Any, rel: Any) -> bool:
+            """Whether some object this relationship copies keys from may lack one."""
+            targets = list(rel.prop.mapper.self_and_descendants)
+            if rel.direction is MANYTOONE:
+                sides = [(t, rel.pairs) for t in targets]
+            elif rel.direction is ONETOMANY:
+                sides = [(m, rel.pairs)]
+            else:
+                sides = [(m, rel.pairs)] + [(t, rel.secondary_pairs) for t in targets]
+            return any(
+                classify(rel, sm, [lc for lc, _r in pairs])[0] != _SAFE for sm, pairs in sides
+            )
+
+        needs_early: list[tuple[InstanceState[Any], Any, str]] = []
+        for m, sts in by_mapper.items():
+            info = infos[m]
+            if not any(risky(m, rel) for rel in info.relationships):
+                continue
+            for st in sts:
+                if st in bad:
+                    continue
+                for rel, other in self._links.get(st, ()):
+                    if other is None:
+                        continue
+                    direction = rel.direction
+                    if direction is MANYTOONE:
+                        sources = [(other, [lc for lc, _r in rel.pairs])]
+                    elif direction is ONETOMANY:
+                        sources = [(st, [lc for lc, _r in rel.pairs])]
+                    else:
+                        sources = [
+                            (st, [lc for lc, _r in rel.pairs]),
+                            (other, [lc for lc, _r in rel.secondary_pairs]),
+                        ]
+                    for src, cols in sources:
+                        if src.key is not None:
+                            continue
+                        kind, where = classify(rel, src.manager.mapper, cols)
+                        if kind == _SAFE:
+                            continue
+                        missing = self._source_missing(src, infos, cols)
+                        if missing is None:
+                            continue
+                        if kind == _PYTHON and missing == _PYTHON:
+                            needs_early.append((src, rel, where))
+                        elif missing == _SERVER:
+                            bad.add(src)
+                            reasons.setdefault(
+                                src.manager.mapper,
+                                f"{rel.prop} copies {where}, which the database generates",
+                            )
+        if not needs_early:
+            return
+        targets = _sync_targets(infos)
+        clash = next(
+            (
+                spec
+                for mp in by_mapper
+                for ts in infos[mp].tables
+                for spec in ts.columns
+                if _python_default(ts, spec) and spec.column in targets
+            ),
+            None,
+        )
+        if clash is None:
+            self._early_defaults = True
+            return
+        for src, rel, where in needs_early:
+            bad.add(src)
+            reasons.setdefault(
+                src.manager.mapper,
+                f"{rel.prop} copies {where}, a Python default, and the default of "
+                f"{clash.column.table.name}.{clash.name} is evaluated after keys are copied",
+            )
+
+    def _source_missing(
+        self, src: InstanceState[Any], infos: dict[Any, MapperInfo], cols: list[Any]
+    ) -> int | None:
+        """How the first of ``cols`` the new object has no value for will get one
+        (``_PYTHON``/``_SERVER``), or None when it has them all (or gets a prefetched id)."""
+        info = infos[src.manager.mapper]
+        d = self._dicts.get(src)
+        if d is None:
+            d = src.dict
+        for col in cols:
+            kind = _source_kind(info, col)
+            if kind == _SAFE:
+                continue
+            spec = _spec_for(info, col)
+            if spec is None:
+                continue
+            v = d.get(spec.propkey, _MISSING)
+            if v is not _MISSING and (v is not None or spec.eval_none):
+                continue
+            return kind
+        return None
+
+    def _apply_defaults(
+        self,
+        fast_groups: Mapping[Any, list[InstanceState[Any]]],
+        infos: dict[Any, MapperInfo],
+        tables: list[Table],
+    ) -> None:
+        """Evaluate the Python defaults of every row, table by table in write order, rows in
+        the order ``_table_jobs`` builds them, columns in plan order -- what ``_table_jobs``
+        would do later, done before keys are copied."""
+        per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]] = defaultdict(list)
+        for m, sts in fast_groups.items():
+            for ts in infos[m].tables:
+                per_table[ts.table].append((ts, sts))
+        dicts = self._dicts
+        undo = self._undo
+        for table in tables:
+            chunks = per_table.get(table)
+            if not chunks:
+                continue
+            if len(chunks) == 1:
+                entries = [(st, chunks[0][0]) for st in chunks[0][1]]
+            else:
+                entries = sorted(
+                    ((st, ts) for ts, sts in chunks for st in sts),
+                    key=lambda e: _sa.insert_order(e[0]),
+                )
+            for st, ts in entries:
+                d = dicts[st]
+                evaluated: list[tuple[str, Any]] = []
+                for propkey, _name, eval_none, _bind, kind, dflt, orm_dflt in ts.plan:
+                    v = d.get(propkey, _MISSING)
+                    if v is not _MISSING and (v is not None or eval_none):
+                        continue
+                    if orm_dflt is not _MISSING:
+                        evaluated.append((propkey, orm_dflt))
+                    elif kind == D_SCALAR:
+                        evaluated.append((propkey, dflt))
+                    elif kind == D_CALLABLE:
+                        evaluated.append((propkey, dflt(None)))
+                for key, dv in evaluated:
+                    undo.append((st, key, d.get(key, _MISSING)))
+                    d[key] = dv
+                    _sa.pop_committed(st, key)
 
     def _set(
         self, st: InstanceState[Any], key: str, value: Any, d: dict[str, Any] | None = None
@@ -1108,6 +1290,52 @@ def _without(
     if n == 0:
         return []
     return list(itertools.compress(states, missing))
+
+
+_SAFE, _PYTHON, _SERVER = 0, 1, 2
+
+
+def _spec_for(info: MapperInfo, col: Any) -> Any:
+    for ts in info.tables:
+        for spec in ts.columns:
+            if spec.column is col:
+                return spec
+    return None
+
+
+def _python_default(ts: TableSpec, spec: Any) -> bool:
+    return spec.default_kind in (D_SCALAR, D_CALLABLE) or any(
+        name == spec.name for _k, name, _v in ts.orm_defaults
+    )
+
+
+def _source_kind(info: MapperInfo, col: Any) -> int:
+    """Where a new object's value for ``col`` comes from when it has none: ``_SAFE`` (a
+    prefetched id, or nothing: NULL), ``_PYTHON`` (a Python default) or ``_SERVER``."""
+    if col is info.id_column:
+        return _SAFE
+    spec = _spec_for(info, col)
+    if spec is None:
+        return _SAFE
+    ts = next(t for t in info.tables if spec in t.columns)
+    if _python_default(ts, spec):
+        return _PYTHON
+    if spec.default_kind == D_SERVER:
+        return _SERVER
+    return _SAFE
+
+
+def _sync_targets(infos: dict[Any, MapperInfo]) -> set[Any]:
+    """Every column a key is copied into: foreign keys of relationships, inherited keys."""
+    out: set[Any] = set()
+    for info in infos.values():
+        for rel in info.relationships:
+            out.update(r for _l, r in rel.pairs)
+            out.update(r for _l, r in rel.secondary_pairs)
+        for ts in info.tables:
+            dst = {d for _s, d in ts.equated}
+            out.update(spec.column for spec in ts.columns if spec.propkey in dst)
+    return out
 
 
 _mapper_of = operator.attrgetter("manager.mapper")
