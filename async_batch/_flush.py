@@ -137,7 +137,8 @@ class FlushRun:
         self.report = FlushReport()
         self.fast: list[InstanceState[Any]] = []
         self.fast_groups: Mapping[Any, list[InstanceState[Any]]] = {}
-        self._undo: list[tuple[InstanceState[Any], str, Any]] = []
+        # (state, key, value before, stage, copied by sync.populate): see _revert
+        self._undo: list[tuple[InstanceState[Any], str, Any, int, bool]] = []
         self._undo_ids: list[_sequences.IdUndo] = []
         self._plain_attrs: dict[tuple[int, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
@@ -146,11 +147,25 @@ class FlushRun:
         self.parents_done: list[InstanceState[Any]] = []
         self._refresh: set[Table] = set()
         self._early_defaults = False
+        self._table_pos: dict[Table, int] = {}
+        self._reqs: list[tuple[frozenset[int], bool]] = []
+        self._req_ids: dict[tuple[Any, ...], int] = {}
+        self._failed_at: int | None = None
+        """Write position of the table whose write failed; None: failed before any write."""
+        self._all_written = False
+        self._planned: Mapping[Any, list[InstanceState[Any]]] = {}
+        self._infos: dict[Any, MapperInfo] = {}
         self._t0 = time.perf_counter()
 
     def _reset(self) -> None:
         self.report = FlushReport(phases=self.report.phases)
         self._early_defaults = False
+        self._table_pos = {}
+        self._reqs = []
+        self._req_ids = {}
+        self._failed_at = None
+        self._all_written = False
+        self._planned = {}
         self.fast = []
         self.fast_groups = {}
         self._links = {}
@@ -440,6 +455,9 @@ class FlushRun:
             fast_groups = defaultdict(list)
             for st in fast:
                 fast_groups[st.manager.mapper].append(st)
+        self._table_pos = {t: i for i, t in enumerate(fast_tables)}
+        self._planned = fast_groups
+        self._infos = infos
         self._prefetch(conn, fast_groups, native, infos, metas, set(regroup))
         for sts, new_order in regroup.values():
             if all(_ids_known(s, infos[s.manager.mapper]) for s in sts):
@@ -463,15 +481,20 @@ class FlushRun:
         self._mark("rows")
         # 7. write, table by table in dependency order
         strategy = self.options.strategy
-        for job, states_for_rows, postfetch in jobs:
+        for job, states_for_rows, postfetch, table in jobs:
             chosen = _writer.choose(job, strategy)
-            returned = _writer.write(conn, job, chosen)
+            try:
+                returned = _writer.write(conn, job, chosen)
+            except BaseException:
+                self._failed_at = self._table_pos[table]
+                raise
             report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
             if returned:
                 self._apply_returning(job, returned, states_for_rows, conn)
             for st, keys in postfetch:
                 _sa.expire_attributes(st, keys)
 
+        self._all_written = True
         self._mark("write")
         _sa.withhold_states(self.ctx, fast_groups)
         self.fast = fast
@@ -781,6 +804,7 @@ class FlushRun:
             chunks = per_table.get(table)
             if not chunks:
                 continue
+            stage = self._req(("table", table), [table], False)
             if len(chunks) == 1:
                 entries = [(st, chunks[0][0]) for st in chunks[0][1]]
             else:
@@ -802,15 +826,55 @@ class FlushRun:
                     elif kind == D_CALLABLE:
                         evaluated.append((propkey, dflt(None)))
                 for key, dv in evaluated:
-                    undo.append((st, key, d.get(key, _MISSING)))
+                    undo.append((st, key, d.get(key, _MISSING), stage, False))
                     d[key] = dv
                     _sa.pop_committed(st, key)
 
+    def _req(self, key: tuple[Any, ...], tables: list[Table], before: bool) -> int:
+        """The id of a stage (see _revert): after all of ``tables`` are written, or (with
+        ``before``) just before the first of them is."""
+        rid = self._req_ids.get(key)
+        if rid is None:
+            pos = frozenset(self._table_pos[t] for t in tables if t in self._table_pos)
+            rid = self._req_ids[key] = len(self._reqs)
+            self._reqs.append((pos, before))
+        return rid
+
+    def _after_saved(self, st: InstanceState[Any]) -> int:
+        """Stage: once the object's rows are all written (a mapper's save)."""
+        m = st.manager.mapper
+        rid = self._req_ids.get((id(m), 0))
+        if rid is None:
+            rid = self._req((id(m), 0), [ts.table for ts in self._infos[m].tables], False)
+        return rid
+
+    def _after_first(self, st: InstanceState[Any]) -> int:
+        """Stage: once the object's first (inherited base) table is written."""
+        m = st.manager.mapper
+        rid = self._req_ids.get((id(m), 1))
+        if rid is None:
+            rid = self._req((id(m), 1), [self._infos[m].tables[0].table], False)
+        return rid
+
+    def _before_saved(self, st: InstanceState[Any]) -> int:
+        """Stage: just before the object's first table is written (a dependency processor's
+        copy from an object that is not written)."""
+        m = st.manager.mapper
+        rid = self._req_ids.get((id(m), 2))
+        if rid is None:
+            rid = self._req((id(m), 2), [self._infos[m].tables[0].table], True)
+        return rid
+
     def _set(
-        self, st: InstanceState[Any], key: str, value: Any, d: dict[str, Any] | None = None
+        self,
+        st: InstanceState[Any],
+        key: str,
+        value: Any,
+        stage: int,
+        d: dict[str, Any] | None = None,
     ) -> None:
         """Set an attribute value as ``sync.populate`` would, recording the old one for the
-        undo; ``d`` is the state's dict if the caller has it at hand."""
+        undo (``stage``: see _revert); ``d`` is the state's dict if the caller has it."""
         if d is None:
             d = self._dicts.get(st)
             if d is None:
@@ -818,7 +882,7 @@ class FlushRun:
         old = d.get(key, _MISSING)
         if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
             return
-        self._undo.append((st, key, old))
+        self._undo.append((st, key, old, stage, True))
         ck = (id(st.manager), key)
         plain = self._plain_attrs.get(ck)
         if plain is None:
@@ -835,7 +899,8 @@ class FlushRun:
     ) -> dict[Table, list[dict[str, Any]]]:
         """Copy keys along relationships as ``dependency.py``/``sync.py`` would."""
         secondary: dict[Table, list[dict[str, Any]]] = defaultdict(list)
-        seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
+        # many-to-many links per relationship, in order
+        m2m: dict[int, tuple[Any, list[tuple[InstanceState[Any], InstanceState[Any]]]]] = {}
         dicts = self._dicts
         links = self._links
         set_ = self._set
@@ -861,20 +926,25 @@ class FlushRun:
             fast_set = {st for sts in fast_groups.values() for st in sts}
             for rel, parent, child in self._parents:
                 if child in fast_set:
+                    # from a persistent parent: natively copied just before the child's INSERT
+                    stage = self._before_saved(child)
                     for left, r in rel.pairs:
-                        set_(child, keyof(child, r), get(parent, left))
+                        set_(child, keyof(child, r), get(parent, left), stage)
         # inherited primary keys under another attribute name, for every state first: other
         # states' keys may be copied from them below
         for m, sts in fast_groups.items():
             equated = [pair for ts in infos[m].tables for pair in ts.equated]
             for st in sts if equated else ():
                 d = dicts[st]
+                stage = self._after_first(st)
                 for src_key, dst_key in equated:
-                    set_(st, dst_key, d.get(src_key))
+                    set_(st, dst_key, d.get(src_key), stage)
         # keyed by ids: a ClassManager's __hash__ is a Python-level method
         key_pairs: dict[tuple[int, int, int], list[tuple[Any, str, str, bool]]] = {}
         undo = self._undo
         plain_attrs = self._plain_attrs
+        after_saved = self._after_saved
+        before_saved = self._before_saved
 
         def pairs_for(rel: Any, src: InstanceState[Any], dst: InstanceState[Any]) -> Any:
             """The relationship's (referenced column, its key on ``src``, foreign key on
@@ -906,8 +976,9 @@ class FlushRun:
                     direction = rel.direction
                     if direction is MANYTOONE:
                         if other is None:
+                            stage = before_saved(st)
                             for _l, r in rel.pairs:
-                                set_(st, keyof(st, r), None)
+                                set_(st, keyof(st, r), None, stage)
                             continue
                         src, dst = other, st
                     elif other is None:
@@ -915,17 +986,7 @@ class FlushRun:
                     elif direction is ONETOMANY:
                         src, dst = st, other
                     elif direction is MANYTOMANY and rel.secondary is not None:
-                        if (id(rel.prop), st, other) in seen_pairs:
-                            continue
-                        seen_pairs.add((id(rel.prop), st, other))
-                        for rp in _sa.reverse_properties(rel.prop):
-                            seen_pairs.add((id(rp), other, st))
-                        row: dict[str, Any] = {}
-                        for left, r in rel.pairs:
-                            row[r.name] = get(st, left)
-                        for left, r in rel.secondary_pairs:
-                            row[r.name] = get(other, left)
-                        secondary[rel.secondary].append(row)
+                        m2m.setdefault(id(rel.prop), (rel, []))[1].append((st, other))
                         continue
                     else:
                         continue
@@ -935,6 +996,9 @@ class FlushRun:
                     dd = dicts.get(dst)
                     if dd is None:
                         dd = dst.dict
+                    # natively copied once the source's rows are written (a persistent
+                    # source: just before the destination's INSERT)
+                    stage = after_saved(src) if src.key is None else before_saved(dst)
                     om = other.manager
                     hit = last.get(id(rel))
                     if hit is None or hit[0] is not om:
@@ -944,11 +1008,27 @@ class FlushRun:
                         old = dd.get(dk, _MISSING)
                         if old is v or (old is not _MISSING and old == v and type(old) is type(v)):
                             continue
-                        undo.append((dst, dk, old))
+                        undo.append((dst, dk, old, stage, True))
                         if plain:
                             dd[dk] = v
                         else:
                             _sa.set_attr(dst, dd, dk, v)
+        # association rows relationship by relationship, as ManyToManyDP writes them: a link
+        # the reverse relationship already wrote is skipped ("processed"), a duplicate within
+        # one collection is not (natively it is a second row, and a key violation)
+        seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
+        for prop_id, (rel, pairs_) in m2m.items():
+            reverse = [id(rp) for rp in _sa.reverse_properties(rel.prop)]
+            for st, other in pairs_:
+                if (prop_id, st, other) in seen_pairs:
+                    continue
+                row: dict[str, Any] = {}
+                for left, r in rel.pairs:
+                    row[r.name] = get(st, left)
+                for left, r in rel.secondary_pairs:
+                    row[r.name] = get(other, left)
+                secondary[rel.secondary].append(row)
+            seen_pairs.update((rp, other, st) for rp in reverse for st, other in pairs_)
         return secondary
 
     # -- rows ----------------------------------------------------------------------------------
@@ -961,23 +1041,28 @@ class FlushRun:
         metas: dict[Table, TableMeta],
         tables: list[Table],
         secondary_rows: dict[Table, list[dict[str, Any]]],
-    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
+    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any], Table]]:
         per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]] = defaultdict(list)
         for m, sts in fast_groups.items():
             for ts in infos[m].tables:
                 per_table[ts.table].append((ts, sts))
 
-        jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]] = []
+        jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any], Table]] = []
         for table in tables:
             schema = _sequences.effective_schema(table.schema, conn)
             tref = _sequences.qualified(conn, schema, table.name)
             if table in secondary_rows:
-                jobs.extend(self._secondary_jobs(conn, table, tref, schema, secondary_rows[table]))
+                jobs.extend(
+                    (*j, table)
+                    for j in self._secondary_jobs(conn, table, tref, schema, secondary_rows[table])
+                )
                 continue
             chunks = per_table.get(table)
             if chunks:
                 meta = metas.get(table) or _sequences.table_meta(conn, table, None)
-                jobs.extend(self._table_jobs(table, tref, schema, meta, chunks))
+                jobs.extend(
+                    (*j, table) for j in self._table_jobs(table, tref, schema, meta, chunks)
+                )
         return jobs
 
     def _secondary_jobs(
@@ -1024,6 +1109,7 @@ class FlushRun:
     ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
         """Rows for one table from (spec, states) chunks, one chunk per mapper writing it."""
         undo = self._undo
+        stage = self._req(("table", table), [table], False)
         defaulted = meta.defaulted_columns
         specs: dict[int, TableSpec] = {}
         for ts, _sts in chunks:
@@ -1134,7 +1220,7 @@ class FlushRun:
                 prefetched.append((propkey, dv))
             if prefetched:
                 for key, dv in prefetched:
-                    undo.append((st, key, d.get(key, _MISSING)))
+                    undo.append((st, key, d.get(key, _MISSING), stage, False))
                     d[key] = dv
                     _sa.pop_committed(st, key)
             if pos is not None:
@@ -1214,6 +1300,7 @@ class FlushRun:
             by_pk[tuple(_sa.get_by_column(st, c) for c in pk_cols)] = st
         cols = [table.c[name] for name in job.returning[npk:]]
         undo = self._undo
+        stage = self._req(("table", table), [table], False)
         keymaps: dict[Any, Mapping[Any, str]] = {}
         for row in returned:
             st = by_pk[tuple(row[:npk])]
@@ -1226,16 +1313,67 @@ class FlushRun:
                 key = c2p.get(col)
                 if key is None:
                     continue
-                undo.append((st, key, d.get(key, _MISSING)))
+                undo.append((st, key, d.get(key, _MISSING), stage, False))
                 d[key] = value
 
     # -- failure -------------------------------------------------------------------------------
 
+    def _ancestors(self, position: int) -> set[int]:
+        """Write positions of the tables the table at ``position`` references, transitively
+        (what the unit of work writes before it)."""
+        tables = {p: t for t, p in self._table_pos.items()}
+        out: set[int] = set()
+        todo = [tables[position]]
+        while todo:
+            t = todo.pop()
+            for fk in t.foreign_keys:
+                p = self._table_pos.get(fk.column.table)
+                if p is not None and p not in out and fk.column.table is not t:
+                    out.add(p)
+                    todo.append(fk.column.table)
+        return out
+
     def _revert(self) -> None:
-        """Undo what we set on objects, so a failed flush leaves them as they were."""
+        """Leave the objects of a failed flush as a native flush failing at the same table
+        leaves them. The unit of work writes a table only after the tables its foreign keys
+        point to; what it sets on an object once rows are written (ids, Python and fetched
+        server defaults, inherited keys, keys copied from written objects) stays where every
+        table that change waits for is such an ancestor of the failed table, and keys copied
+        from objects that are not written stay for rows of the failed table or its
+        ancestors. Everything else is restored (tables independent of the failed one may or
+        may not have been written natively: the unit of work's order among them is
+        arbitrary)."""
         undo = self._undo
-        n = len(undo)
-        for st, key, old in reversed(undo):
+        reqs = self._reqs
+        failed = self._failed_at
+        everything = self._all_written
+        ancestors = self._ancestors(failed) if failed is not None else set()
+        verdict: dict[int, bool] = {}
+
+        def kept(rid: int) -> bool:
+            found = verdict.get(rid)
+            if found is None:
+                pos, before = reqs[rid]
+                if everything:
+                    found = True
+                elif failed is None:
+                    found = False
+                elif before:
+                    found = pos <= ancestors | {failed}
+                else:
+                    found = pos <= ancestors
+                verdict[rid] = found
+            return found
+
+        n = 0
+        for st, key, old, stage, copied in reversed(undo):
+            if kept(stage):
+                if copied:
+                    # sync.populate sets through the attribute, which records the value
+                    # before (an attribute event; ours was a plain dict write)
+                    _sa.record_committed(st, key, None if old is _MISSING else old, old is _MISSING)
+                continue
+            n += 1
             d = st.dict
             if old is _MISSING:
                 d.pop(key, None)
@@ -1243,13 +1381,25 @@ class FlushRun:
                 d[key] = old
             st.committed_state.pop(key, None)
         undo.clear()
-        # prefetched ids were set before anything else: restore them last
+        # prefetched ids were set before anything else: restore them last; an object's id
+        # stays once its first table was written (natively: RETURNING)
+        kept_ids: set[int] = set()
+        for sts in self._planned.values():
+            if not sts or not kept(self._after_first(sts[0])):
+                continue
+            kept_ids.update(id(self._dicts[st]) for st in sts if st in self._dicts)
+            same = [k for ts in self._infos[sts[0].manager.mapper].tables for k in ts.equated_same]
+            for st in sts if same else ():
+                for k in same:
+                    _sa.record_committed(st, k, self._dicts[st].get(k), False)
         for ds, key, had_none in reversed(self._undo_ids):
-            n += len(ds)
             for d in ds:
-                d.pop(key, None)
+                if id(d) not in kept_ids:
+                    n += 1
+                    d.pop(key, None)
             for d in had_none:
-                d[key] = None
+                if id(d) not in kept_ids:
+                    d[key] = None
         self._undo_ids.clear()
         logger.debug("flush failed; reverted %d attribute values", n)
 

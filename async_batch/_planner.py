@@ -57,6 +57,9 @@ class TableSpec:
     pk_propkeys: list[str]
     equated: list[tuple[str, str]]
     """(source propkey, dest propkey) pairs that copy inherited primary keys."""
+    equated_same: list[str]
+    """propkeys of inherited primary keys copied onto the same attribute (a native flush
+    still sets them through the attribute, after the inherited table's INSERT)."""
     orm_defaults: list[tuple[str, str, Any]]
     """(propkey, column name, value) ORM-level defaults (SQLAlchemy 2.1)."""
     eager_server_cols: frozenset[str]
@@ -193,6 +196,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                 )
             )
         equated: list[tuple[str, str]] = []
+        equated_same: list[str] = []
         for m, pairs in _sa.table_to_equated(mapper, table):
             m_keys = _sa.column_to_propkey(m)
             for left, right in pairs:
@@ -201,6 +205,8 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                     reasons.append(f"inherited key {table.name}.{right.name} is not mapped")
                 elif lk != rk:
                     equated.append((lk, rk))
+                else:
+                    equated_same.append(rk)
         orm_defaults = []
         for propkey, col, value in _sa.orm_defaults(mapper, table):
             orm_defaults.append((propkey, col.name, value))
@@ -217,6 +223,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                 columns=specs,
                 pk_propkeys=pk_keys,
                 equated=equated,
+                equated_same=equated_same,
                 orm_defaults=orm_defaults,
                 eager_server_cols=eager,
             )

@@ -466,6 +466,12 @@ def pending_mutation_keys(state: InstanceState[Any]) -> Iterable[str]:
     return pending.keys() if pending else ()
 
 
+def record_committed(state: InstanceState[Any], key: str, old: Any, absent: bool) -> None:
+    """What setting an attribute through its implementation records (``_modified_event``):
+    the value before, once -- ``NO_VALUE`` where there was none."""
+    state.committed_state.setdefault(key, orm_base.NO_VALUE if absent else old)
+
+
 def collection_members(collection: Any) -> Any:
     """A loaded collection's members as its adapter iterates them (a dict collection's
     values), the way ``History.from_collection`` reads them."""

@@ -22,13 +22,17 @@ from sqlalchemy import (
     Sequence,
     String,
     Table,
+    select,
     text,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.orderinglist import ordering_list
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
+    WriteOnlyMapped,
     attribute_keyed_dict,
     mapped_column,
     relationship,
@@ -36,6 +40,9 @@ from sqlalchemy.orm import (
 )
 from support import Run, compare_modes, create_schema
 from test_property import MODES
+
+from async_batch import enable_async_batching
+from async_batch.testing import sqlalchemy_url
 
 
 class Base(DeclarativeBase):
@@ -431,3 +438,55 @@ def test_relationship_shape_matches_native(shapes_dsn: str, case: str) -> None:
         else:
             assert report.accelerated, (label, report.summary())
             assert not report.native, (label, report.summary())
+
+
+class Board(Base):
+    __tablename__ = "rs_board"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pins: WriteOnlyMapped[Pin] = relationship()
+
+
+class Pin(Base):
+    __tablename__ = "rs_pin"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    board_id: Mapped[int | None] = mapped_column(ForeignKey("rs_board.id"))
+    label: Mapped[str]
+
+
+@pytest.mark.parametrize("options", [None, {"small_flush": 0}], ids=["native", "batched"])
+def test_retry_after_failed_flush_keeps_copied_keys(
+    shapes_dsn: str, options: dict[str, Any] | None
+) -> None:
+    """New objects added to a persistent parent's write-only collection, a NOT NULL violation:
+    the rollback forgets the collection's pending adds, so the foreign key the failed flush
+    copied is the only link left -- natively it stays, so it must here, and the corrected
+    objects re-added on their own are written under their parent."""
+
+    async def main() -> None:
+        engine = create_async_engine(sqlalchemy_url(shapes_dsn))
+        try:
+            async with AsyncSession(engine) as s:
+                s.add(Board())
+                await s.commit()
+            maker = async_sessionmaker(engine)
+            if options is not None:
+                enable_async_batching(maker, **options)
+            async with maker() as s:
+                board = await s.get(Board, 1)
+                assert board is not None
+                pins = [Pin(label=f"p{i}") for i in range(6)]
+                pins[3].label = None  # type: ignore[assignment]
+                board.pins.add_all(pins)
+                with pytest.raises(IntegrityError):
+                    await s.flush()
+                await s.rollback()
+                assert [p.board_id for p in pins] == [1] * 6
+                pins[3].label = "fixed"
+                s.add_all(pins)
+                await s.commit()
+                rows = (await s.execute(select(Pin.board_id, Pin.label).order_by(Pin.label))).all()
+                assert rows == sorted((1, f"p{i}" if i != 3 else "fixed") for i in range(6))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
