@@ -376,33 +376,20 @@ class FlushRun:
                         self._parents.append((rel, pst, other))
             # keys copied from new objects: known before the INSERT, or not written by us
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
-            if bad:
+            while bad:
                 # badness spreads to every new object linked to a bad one, either direction
-                adjacent: dict[InstanceState[Any], list[InstanceState[Any]]] = defaultdict(list)
-                for st, found in links.items():
-                    for _rel, other in found:
-                        if other is not None and other.key is None:
-                            adjacent[st].append(other)
-                            adjacent[other].append(st)
-                todo = [s for s in bad if s in adjacent]
-                while todo:
-                    cur = todo.pop()
-                    for nxt in adjacent[cur]:
-                        if nxt not in bad:
-                            bad.add(nxt)
-                            todo.append(nxt)
-                            if nxt in candidate:
-                                reasons.setdefault(
-                                    nxt.manager.mapper,
-                                    "linked to new objects the native flush writes",
-                                )
-                fast = [s for s in states if s not in bad]
-            else:
-                fast = states
+                _spread(bad, links, candidate, reasons)
+                # ... and to every object of a table with a callable default it shares with
+                # a bad one (evaluated in insert order across all of them natively)
+                if not _split_callable_tables(by_mapper, infos, bad, reasons):
+                    break
+            fast = [s for s in states if s not in bad] if bad else states
         elif len(candidate) == len(states):
             fast = states
         else:
-            fast = [s for s in states if s in candidate]
+            bad = {s for s in states if s not in candidate}
+            _split_callable_tables(by_mapper, infos, bad, reasons)
+            fast = [s for s in states if s not in bad]
 
         self._mark("links")
         # 3. table order; a cycle between tables stays native
@@ -880,16 +867,18 @@ class FlushRun:
             if d is None:
                 d = st.dict
         old = d.get(key, _MISSING)
-        if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
-            return
-        self._undo.append((st, key, old, stage, True))
         ck = (id(st.manager), key)
         plain = self._plain_attrs.get(ck)
         if plain is None:
             plain = self._plain_attrs[ck] = not _sa.has_set_listeners(st, key)
         if plain:
+            if old is value or (old is not _MISSING and old == value and type(old) is type(value)):
+                return
+            self._undo.append((st, key, old, stage, True))
             d[key] = value
         else:
+            # set events and validators fire on every copy, equal value or not, as natively
+            self._undo.append((st, key, old, stage, True))
             _sa.set_attr(st, d, key, value)
 
     def _sync(
@@ -1006,12 +995,16 @@ class FlushRun:
                     for left, sk, dk, plain in hit[1]:
                         v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
                         old = dd.get(dk, _MISSING)
-                        if old is v or (old is not _MISSING and old == v and type(old) is type(v)):
-                            continue
-                        undo.append((dst, dk, old, stage, True))
                         if plain:
+                            if old is v or (
+                                old is not _MISSING and old == v and type(old) is type(v)
+                            ):
+                                continue
+                            undo.append((dst, dk, old, stage, True))
                             dd[dk] = v
                         else:
+                            # set events and validators fire on every copy, as natively
+                            undo.append((dst, dk, old, stage, True))
                             _sa.set_attr(dst, dd, dk, v)
         # association rows relationship by relationship, as ManyToManyDP writes them: a link
         # the reverse relationship already wrote is skipped ("processed"), a duplicate within
@@ -1443,6 +1436,66 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
+
+
+def _spread(
+    bad: set[InstanceState[Any]],
+    links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]],
+    candidate: set[InstanceState[Any]],
+    reasons: dict[Any, str],
+) -> None:
+    """Make every new object linked to a bad one bad, transitively, either direction."""
+    adjacent: dict[InstanceState[Any], list[InstanceState[Any]]] = defaultdict(list)
+    for st, found in links.items():
+        for _rel, other in found:
+            if other is not None and other.key is None:
+                adjacent[st].append(other)
+                adjacent[other].append(st)
+    todo = [s for s in bad if s in adjacent]
+    while todo:
+        cur = todo.pop()
+        for nxt in adjacent[cur]:
+            if nxt not in bad:
+                bad.add(nxt)
+                todo.append(nxt)
+                if nxt in candidate:
+                    reasons.setdefault(
+                        nxt.manager.mapper, "linked to new objects the native flush writes"
+                    )
+
+
+def _split_callable_tables(
+    by_mapper: Mapping[Any, list[InstanceState[Any]]],
+    infos: dict[Any, MapperInfo],
+    bad: set[InstanceState[Any]],
+    reasons: dict[Any, str],
+) -> bool:
+    """A table with a Python callable default must not be written partly natively: the
+    default is called once per row in insert order across all of its objects, which a split
+    would change (ours first, then native's). Makes all of such a table's objects bad when
+    some are; returns whether any became bad."""
+    writers: dict[Table, list[Any]] = defaultdict(list)
+    callable_tables: set[Table] = set()
+    for m in by_mapper:
+        for ts in infos[m].tables:
+            writers[ts.table].append(m)
+            if any(spec.default_kind == D_CALLABLE for spec in ts.columns):
+                callable_tables.add(ts.table)
+    changed = False
+    for table in callable_tables:
+        sts = [st for m in writers[table] for st in by_mapper[m]]
+        n_bad = sum(1 for st in sts if st in bad)
+        if 0 < n_bad < len(sts):
+            for st in sts:
+                if st not in bad:
+                    bad.add(st)
+                    reasons.setdefault(
+                        st.manager.mapper,
+                        f"{table.name} has a callable default and some of its objects are "
+                        "written natively (it is called in insert order across all of them)",
+                    )
+            changed = True
+    return changed
 
 
 def _spec_for(info: MapperInfo, col: Any) -> Any:

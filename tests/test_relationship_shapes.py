@@ -22,6 +22,7 @@ from sqlalchemy import (
     Sequence,
     String,
     Table,
+    literal,
     select,
     text,
 )
@@ -37,6 +38,7 @@ from sqlalchemy.orm import (
     mapped_column,
     relationship,
     selectinload,
+    validates,
 )
 from support import Run, compare_modes, create_schema
 from test_property import MODES
@@ -240,6 +242,36 @@ class BadgeScan(Base):
     badge: Mapped[Badge | None] = relationship(back_populates="scans")
 
 
+class Entry(Base):
+    """A callable default (a counter): called once per row in insert order."""
+
+    __tablename__ = "rs_entry"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    code: Mapped[str] = mapped_column(String(10), default=next_code)
+
+
+VALIDATED: list[Any] = []
+
+
+class Pen(Base):
+    __tablename__ = "rs_pen"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    animals: Mapped[list[Animal]] = relationship(back_populates="pen")
+
+
+class Animal(Base):
+    __tablename__ = "rs_animal"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pen_id: Mapped[int | None] = mapped_column(ForeignKey("rs_pen.id"))
+    pen: Mapped[Pen | None] = relationship(back_populates="animals")
+
+    @validates("pen_id")
+    def _check_pen(self, key: str, value: Any) -> Any:
+        VALIDATED.append(value)
+        return value
+
+
 Built = tuple[list[Any], list[Any]]
 
 
@@ -363,6 +395,13 @@ def server_generated_source(existing: Folder | None) -> Built:
     return created + plain, created[::3] + plain
 
 
+def callable_default_split(existing: Folder | None) -> Built:
+    """One object holds a SQL expression (native): the counter must still count in insert
+    order across all of them."""
+    entries = [Entry(name=literal("first"))] + [Entry(name=f"e{i}") for i in range(4)]
+    return entries, entries
+
+
 CASES: dict[str, Callable[[Folder | None], Built]] = {
     "dict_set_viewonly_ordering": folders,
     "persistent_dict_and_set": existing_folder,
@@ -374,11 +413,13 @@ CASES: dict[str, Callable[[Folder | None], Built]] = {
     "python_default_keys": python_default_keys,
     "python_default_into_defaulted": python_default_into_defaulted,
     "server_generated_source": server_generated_source,
+    "callable_default_split": callable_default_split,
 }
 STAYS_NATIVE = {
     "post_update": "post_update",
     "python_default_into_defaulted": "is evaluated after keys are copied",
     "server_generated_source": "which the database generates",
+    "callable_default_split": "SQL expression",
 }
 # cases where some objects are still written by async_batch
 PARTLY_NATIVE = {"server_generated_source"}
@@ -490,3 +531,27 @@ def test_retry_after_failed_flush_keeps_copied_keys(
             await engine.dispose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("options", [None, {"small_flush": 0}], ids=["native", "batched"])
+def test_validators_on_copied_keys_run_as_often_as_natively(
+    shapes_dsn: str, options: dict[str, Any] | None
+) -> None:
+    """A bidirectional one-to-many copies each child's key from both sides: natively the
+    validator (any set listener) runs for both copies, equal value or not."""
+
+    async def main() -> list[Any]:
+        engine = create_async_engine(sqlalchemy_url(shapes_dsn))
+        try:
+            maker = async_sessionmaker(engine)
+            if options is not None:
+                enable_async_batching(maker, **options)
+            VALIDATED.clear()
+            async with maker() as s:
+                s.add_all([Pen(animals=[Animal(), Animal()]) for _ in range(3)])
+                await s.commit()
+            return sorted(VALIDATED)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(main()) == sorted([1, 1, 2, 2, 3, 3] * 2)
