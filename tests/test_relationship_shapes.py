@@ -272,6 +272,23 @@ class Animal(Base):
         return value
 
 
+class Creature(Base):
+    __tablename__ = "rs_creature"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    __mapper_args__ = {"polymorphic_identity": "creature"}
+
+
+class Hound(Creature):
+    """Concrete table inheritance: its own table and its own SERIAL id."""
+
+    __tablename__ = "rs_hound"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    bark: Mapped[str]
+    __mapper_args__ = {"polymorphic_identity": "hound", "concrete": True}
+
+
 Built = tuple[list[Any], list[Any]]
 
 
@@ -402,6 +419,13 @@ def callable_default_split(existing: Folder | None) -> Built:
     return entries, entries
 
 
+def concrete_inheritance(existing: Folder | None) -> Built:
+    out: list[Any] = []
+    for i in range(6):
+        out += [Creature(name=f"c{i}"), Hound(name=f"h{i}", bark="woof")]
+    return out, out
+
+
 CASES: dict[str, Callable[[Folder | None], Built]] = {
     "dict_set_viewonly_ordering": folders,
     "persistent_dict_and_set": existing_folder,
@@ -414,6 +438,7 @@ CASES: dict[str, Callable[[Folder | None], Built]] = {
     "python_default_into_defaulted": python_default_into_defaulted,
     "server_generated_source": server_generated_source,
     "callable_default_split": callable_default_split,
+    "concrete_inheritance": concrete_inheritance,
 }
 STAYS_NATIVE = {
     "post_update": "post_update",
