@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, UniqueConstraint
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
@@ -147,6 +147,8 @@ class FlushRun:
         self.parents_done: list[InstanceState[Any]] = []
         self._refresh: set[Table] = set()
         self._early_defaults = False
+        self._depths: dict[Any, dict[InstanceState[Any], int]] = {}
+        self._depth: dict[InstanceState[Any], int] = {}
         self._table_pos: dict[Table, int] = {}
         self._reqs: list[tuple[frozenset[int], bool]] = []
         self._req_ids: dict[tuple[Any, ...], int] = {}
@@ -160,6 +162,8 @@ class FlushRun:
     def _reset(self) -> None:
         self.report = FlushReport(phases=self.report.phases)
         self._early_defaults = False
+        self._depths = {}
+        self._depth = {}
         self._table_pos = {}
         self._reqs = []
         self._req_ids = {}
@@ -203,11 +207,18 @@ class FlushRun:
     def finalize(self, native_finalize: Callable[[], None]) -> None:
         self._mark("native")
         with _gc_paused(self.options.pause_gc):
-            _sa.release_states(self.ctx, self.fast)
-            _sa.release_states(self.ctx, self.parents_done)
-            native_finalize()
-            _sa.register_persistent(self.session, self.fast_groups, self._dicts)
-            _sa.register_persistent_native(self.session, self.parents_done)
+            ours = len(self.fast) + len(self.parents_done)
+            if ours and len(self.ctx.states) > ours and _sa.has_p2p_listeners(self.session):
+                # natively every object of the flush is registered in one pass before any
+                # pending_to_persistent listener runs: with objects the unit of work wrote
+                # too, register ours in its pass (still registered with it, as withheld)
+                native_finalize()
+            else:
+                _sa.release_states(self.ctx, self.fast)
+                _sa.release_states(self.ctx, self.parents_done)
+                native_finalize()
+                _sa.register_persistent(self.session, self.fast_groups, self._dicts)
+                _sa.register_persistent_native(self.session, self.parents_done)
             if self.fast:
                 _sa.use_fast_expiry(self.session)
         self._mark("adopt")
@@ -376,6 +387,9 @@ class FlushRun:
                         self._parents.append((rel, pst, other))
             # keys copied from new objects: known before the INSERT, or not written by us
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
+            # updates the unit of work makes before these INSERTs, where the order matters
+            if persistent:
+                _check_updates(persistent, by_mapper, infos, bad, reasons)
             while bad:
                 # badness spreads to every new object linked to a bad one, either direction
                 _spread(bad, links, candidate, reasons)
@@ -442,6 +456,12 @@ class FlushRun:
             fast_groups = defaultdict(list)
             for st in fast:
                 fast_groups[st.manager.mapper].append(st)
+        for m, sts in fast_groups.items():
+            if infos[m].self_referential and len(sts) > 1:
+                # rows (and their Python defaults, and any value the server computes per row)
+                # in the unit of work's order: level by level, parents first
+                self._levels(m.base_mapper, infos, dialect)
+                sts.sort(key=self._row_order)
         self._table_pos = {t: i for i, t in enumerate(fast_tables)}
         self._planned = fast_groups
         self._infos = infos
@@ -531,6 +551,27 @@ class FlushRun:
 
     # -- ids -----------------------------------------------------------------------------------
 
+    def _levels(
+        self, base: Any, infos: dict[Any, MapperInfo], dialect: Any
+    ) -> dict[InstanceState[Any], int]:
+        """Level of every object of a self-referencing hierarchy this flush saves (new and
+        updated alike: both are levels of the unit of work's sort), computed once."""
+        found = self._depths.get(base)
+        if found is None:
+            in_flush = [
+                st
+                for st, (isdelete, listonly) in self.ctx.states.items()
+                if not isdelete and not listonly and st.manager.mapper.base_mapper is base
+            ]
+            found = self._depths[base] = _depths(in_flush, infos, self._links, dialect)
+            self._depth.update(found)
+        return found
+
+    def _row_order(self, st: InstanceState[Any]) -> tuple[int, int]:
+        """The unit of work's INSERT order: by level for a self-referencing mapper, then in
+        the order the objects were added."""
+        return (self._depth.get(st, 0), _sa.insert_order(st))
+
     def _prefetch(
         self,
         conn: Connection,
@@ -602,13 +643,7 @@ class FlushRun:
             if infos[first.manager.mapper].self_referential:
                 # the unit of work inserts a self-referencing mapper level by level (parents
                 # first), numbering rows in that order: hand out ids the same way
-                base = first.manager.mapper.base_mapper
-                in_flush = [
-                    st
-                    for st, (isdelete, listonly) in self.ctx.states.items()
-                    if not isdelete and not listonly and st.manager.mapper.base_mapper is base
-                ]
-                depth = _depths(in_flush, infos, self._links, conn.dialect)
+                depth = self._levels(first.manager.mapper.base_mapper, infos, conn.dialect)
             if depth or len(chunks) > 1:
                 # fast and native objects, or several mappers, may share a sequence: number
                 # them all in insert order (by level first, for a self-referencing mapper)
@@ -797,7 +832,7 @@ class FlushRun:
             else:
                 entries = sorted(
                     ((st, ts) for ts, sts in chunks for st in sts),
-                    key=lambda e: _sa.insert_order(e[0]),
+                    key=lambda e: self._row_order(e[0]),
                 )
             for st, ts in entries:
                 d = dicts[st]
@@ -1169,7 +1204,7 @@ class FlushRun:
             # several mappers write this table (single-table inheritance): insert order
             entries = sorted(
                 ((st, ts) for ts, sts in chunks for st in sts),
-                key=lambda e: _sa.insert_order(e[0]),
+                key=lambda e: self._row_order(e[0]),
             )
         for st, ts in entries:
             d = dicts[st]
@@ -1436,6 +1471,59 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
+
+
+def _check_updates(
+    persistent: list[tuple[InstanceState[Any], bool]],
+    by_mapper: Mapping[Any, list[InstanceState[Any]]],
+    infos: dict[Any, MapperInfo],
+    bad: set[InstanceState[Any]],
+    reasons: dict[Any, str],
+) -> None:
+    """The unit of work writes a table's UPDATEs before its INSERTs, and a referenced table's
+    before the tables referencing it. Where a persistent row changes a unique (or primary
+    key) column of a table new objects go to, or a column new rows' foreign keys reference,
+    that order decides whether the flush succeeds (a unique value handed over from the old
+    row to a new one): those new objects stay native."""
+    changed: dict[Table, set[Any]] = defaultdict(set)
+    for pst, isdelete in persistent:
+        if isdelete or not pst.committed_state:
+            continue
+        for col in _sa.changed_columns(pst):
+            changed[col.table].update([col])
+    if not changed:
+        return
+    blocked: dict[Table, str] = {}
+    for table, cols in changed.items():
+        for col in cols:
+            if _is_unique(col):
+                blocked.setdefault(table, f"{table.name}.{col.name}")
+    for m in by_mapper:
+        for ts in infos[m].tables:
+            for fk in ts.table.foreign_keys:
+                if fk.column in changed.get(fk.column.table, ()):
+                    blocked.setdefault(ts.table, f"{fk.column.table.name}.{fk.column.name}")
+    if not blocked:
+        return
+    for m, sts in by_mapper.items():
+        hit = next((blocked[ts.table] for ts in infos[m].tables if ts.table in blocked), None)
+        if hit is None:
+            continue
+        bad.update(sts)
+        reasons.setdefault(
+            m,
+            f"a persistent object's UPDATE of {hit} in this flush must come before these INSERTs",
+        )
+
+
+def _is_unique(col: Any) -> bool:
+    table = col.table
+    if col.primary_key or col.unique:
+        return True
+    for cons in table.constraints:
+        if isinstance(cons, UniqueConstraint) and col in cons.columns:
+            return True
+    return any(idx.unique and col in idx.columns for idx in table.indexes)
 
 
 def _spread(

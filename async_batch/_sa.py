@@ -180,6 +180,21 @@ def _weakly_bound(owner: Any, method: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
+def changed_columns(state: InstanceState[Any]) -> list[Any]:
+    """The columns of a persistent object's changed column attributes (what its UPDATE sets)."""
+    attrs = state.manager.mapper.column_attrs
+    out: list[Any] = []
+    for key in state.committed_state:
+        prop = attrs.get(key)
+        if prop is not None:
+            out.extend(c for c in prop.columns if isinstance(c, Column))
+    return out
+
+
+def has_p2p_listeners(session: Session) -> bool:
+    return bool(session.dispatch.pending_to_persistent)
+
+
 def has_pending(session: Session) -> bool:
     """Whether the session has new (pending) objects, without building ``Session.new``."""
     return bool(session._new)  # noqa: SLF001

@@ -18,10 +18,14 @@ from sqlalchemy import (
     Column,
     ForeignKey,
     ForeignKeyConstraint,
+    Identity,
+    Integer,
     MetaData,
     Sequence,
     String,
     Table,
+    event,
+    inspect,
     literal,
     select,
     text,
@@ -43,7 +47,7 @@ from sqlalchemy.orm import (
 from support import Run, compare_modes, create_schema
 from test_property import MODES
 
-from async_batch import enable_async_batching
+from async_batch import enable_async_batching, last_flush
 from async_batch.testing import sqlalchemy_url
 
 
@@ -175,9 +179,17 @@ def next_code() -> str:
     return f"T{next(_codes):04d}"
 
 
+_knots = itertools.count(1)
+
+
+def next_knot_tag() -> str:
+    return f"K{next(_knots):04d}"
+
+
 def reset_codes() -> None:
-    global _codes
+    global _codes, _knots
     _codes = itertools.count(1)
+    _knots = itertools.count(1)
 
 
 class Ticket(Base):
@@ -287,6 +299,40 @@ class Hound(Creature):
     name: Mapped[str]
     bark: Mapped[str]
     __mapper_args__ = {"polymorphic_identity": "hound", "concrete": True}
+
+
+class Twig(Base):
+    """Self-referencing, with a Python-default key, a per-row callable default and a per-row
+    server value (a non-key identity): all follow the unit of work's level order."""
+
+    __tablename__ = "rs_twig"
+    id: Mapped[str] = mapped_column(String(10), primary_key=True, default=next_code)
+    name: Mapped[str]
+    ordinal: Mapped[int] = mapped_column(Integer, Identity())
+    tag: Mapped[str] = mapped_column(String(10), default=next_code)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("rs_twig.id"))
+    parent: Mapped[Twig | None] = relationship(remote_side=[id], back_populates="children")
+    children: Mapped[list[Twig]] = relationship(back_populates="parent")
+
+
+class Knot(Base):
+    """Self-referencing with a sequence key and per-row values (its own counter: natively
+    two self-referencing mappers' levels interleave in an order of the unit of work's
+    choosing)."""
+
+    __tablename__ = "rs_knot"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    ordinal: Mapped[int] = mapped_column(Integer, Identity())
+    tag: Mapped[str] = mapped_column(String(10), default=next_knot_tag)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("rs_knot.id"))
+    parent: Mapped[Knot | None] = relationship(remote_side=[id])
+
+
+class Box(Base):
+    __tablename__ = "rs_box"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(20), unique=True)
 
 
 Built = tuple[list[Any], list[Any]]
@@ -426,6 +472,25 @@ def concrete_inheritance(existing: Folder | None) -> Built:
     return out, out
 
 
+def self_ref_levels(existing: Folder | None) -> Built:
+    """Trees added leaves first, built from both sides: the unit of work inserts them level
+    by level."""
+    out: list[Any] = []
+    for t in range(3):
+        root = Twig(name=f"r{t}")
+        kids = [Twig(name=f"k{t}{i}") for i in range(2)]
+        root.children = kids
+        grandkid = Twig(name=f"g{t}", parent=kids[1])
+        great = Twig(name=f"x{t}")
+        grandkid.children.append(great)
+        out += [great, grandkid, *kids, root]
+    knots = [Knot(name="a")]
+    for i in range(4):
+        knots.append(Knot(name=f"k{i}", parent=knots[-1]))
+    out += knots[::-1]
+    return out, out
+
+
 CASES: dict[str, Callable[[Folder | None], Built]] = {
     "dict_set_viewonly_ordering": folders,
     "persistent_dict_and_set": existing_folder,
@@ -439,6 +504,7 @@ CASES: dict[str, Callable[[Folder | None], Built]] = {
     "server_generated_source": server_generated_source,
     "callable_default_split": callable_default_split,
     "concrete_inheritance": concrete_inheritance,
+    "self_ref_levels": self_ref_levels,
 }
 STAYS_NATIVE = {
     "post_update": "post_update",
@@ -580,3 +646,84 @@ def test_validators_on_copied_keys_run_as_often_as_natively(
             await engine.dispose()
 
     assert asyncio.run(main()) == sorted([1, 1, 2, 2, 3, 3] * 2)
+
+
+@pytest.mark.parametrize(
+    "options", [None, {"small_flush": 0}, {}], ids=["native", "any", "default"]
+)
+def test_unique_value_handed_over_by_an_update(
+    shapes_dsn: str, options: dict[str, Any] | None
+) -> None:
+    """A persistent row gives up a unique value and a new row takes it, in one flush: the
+    unit of work runs the table's UPDATEs before its INSERTs, so the new rows wait for it."""
+
+    async def main() -> None:
+        engine = create_async_engine(sqlalchemy_url(shapes_dsn))
+        try:
+            async with AsyncSession(engine) as s:
+                s.add(Box(label="a"))
+                await s.commit()
+            maker = async_sessionmaker(engine)
+            if options is not None:
+                enable_async_batching(maker, **options)
+            async with maker() as s:
+                old = (await s.scalars(select(Box))).one()
+                old.label = "a-old"
+                s.add_all([Box(label="a")] + [Box(label=f"x{i}") for i in range(40)])
+                await s.commit()
+                if options is not None:
+                    report = last_flush(s)
+                    assert report is not None
+                    assert any("UPDATE of rs_box.label" in f.reason for f in report.fallbacks)
+                labels = (await s.scalars(select(Box.label).order_by(Box.id).limit(2))).all()
+                assert labels == ["a-old", "a"]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("options", [None, {"small_flush": 0}], ids=["native", "batched"])
+def test_pending_to_persistent_sees_the_whole_flush_registered(
+    shapes_dsn: str, options: dict[str, Any] | None
+) -> None:
+    """Natively every object of a flush is persistent before the first pending_to_persistent
+    listener runs -- also when some of them are written natively and the rest by us."""
+
+    async def main() -> list[Any]:
+        engine = create_async_engine(sqlalchemy_url(shapes_dsn))
+        try:
+            maker = async_sessionmaker(engine)
+            if options is not None:
+                enable_async_batching(maker, **options)
+            seen: list[Any] = []
+            async with maker() as s:
+                entries = [Entry(name=f"e{i}") for i in range(4)]
+                odd = FolderTag(label=literal("sql"))  # a SQL expression: written natively
+
+                @event.listens_for(s.sync_session, "pending_to_persistent")
+                def registered(session: Any, obj: Any) -> None:
+                    seen.append(
+                        (
+                            type(obj).__name__,
+                            len(session.identity_map),
+                            [inspect(e).persistent for e in entries],
+                            session.get(Entry, inspect(entries[0]).key[1]) is entries[0],
+                        )
+                    )
+
+                s.add_all([*entries, odd])
+                await s.flush()
+                if options is not None:
+                    report = last_flush(s)
+                    assert report is not None
+                    assert report.accelerated == 4, report.summary()
+                    assert report.native == 1, report.summary()
+                await s.commit()
+            return sorted(seen)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(main()) == sorted(
+        [("Entry", 5, [True] * 4, True)] * 4 + [("FolderTag", 5, [True] * 4, True)]
+    )
