@@ -994,7 +994,7 @@ class FlushRun:
             if missing:
                 related_states_many(missing, info, dicts, links)
             # per relationship: (the other side's manager, the pairs) last used with it
-            last: dict[int, tuple[Any, Any]] = {}
+            last: dict[int, tuple[Any, Any, int, int]] = {}
             for st in sts:
                 for rel, other in links[st]:
                     direction = rel.direction
@@ -1020,13 +1020,18 @@ class FlushRun:
                     dd = dicts.get(dst)
                     if dd is None:
                         dd = dst.dict
-                    # natively copied once the source's rows are written (a persistent
-                    # source: just before the destination's INSERT)
-                    stage = after_saved(src) if src.key is None else before_saved(dst)
                     om = other.manager
                     hit = last.get(id(rel))
                     if hit is None or hit[0] is not om:
-                        hit = last[id(rel)] = (om, pairs_for(rel, src, dst))
+                        # natively copied once the source's rows are written (a persistent
+                        # source: just before the destination's INSERT)
+                        hit = last[id(rel)] = (
+                            om,
+                            pairs_for(rel, src, dst),
+                            after_saved(src),
+                            before_saved(dst),
+                        )
+                    stage = hit[2] if src.key is None else hit[3]
                     for left, sk, dk, plain in hit[1]:
                         v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
                         old = dd.get(dk, _MISSING)
