@@ -5,8 +5,10 @@ SQLAlchemy gives us no public way to write rows for pending objects ourselves an
 them back to the session as if its own flush had written them. What we need is small and has
 been stable across 2.0 and 2.1: the session's pending set, the unit of work's registered
 states, a few memoized mapper tables that ``orm/persistence.py`` itself uses to build INSERT
-parameters, the session's own ``_register_persistent`` bookkeeping, the connection's DBAPI
-error handling, and (for speed, checked against the installed source) the commit's expiry.
+parameters, the session's own ``_register_persistent`` bookkeeping, the attribute
+bookkeeping a failed flush leaves behind (``committed_state``), collections' adapters, the
+connection's DBAPI error handling, and (for speed, checked against the installed source) the
+commit's expiry.
 Each is wrapped here so that a SQLAlchemy upgrade breaks one module, and ``check_version()``
 refuses versions this module was not written for.
 """
