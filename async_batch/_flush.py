@@ -111,6 +111,11 @@ class Options:
     need the id prefetch too): for a handful of rows the Python time saved is smaller than
     the extra round trip. Shapes native writes row by row are batched at any size. ``0``
     batches every flush."""
+    trust_triggers: bool = False
+    """Write new rows of tables that have INSERT triggers too. By default such tables are
+    written natively: a trigger may rewrite a row (its key: natively RETURNING brings the new
+    one back), skip it, or count statements, none of which our writes reproduce. Set it
+    when the triggers only check, audit or notify row by row."""
     pause_gc: bool = True
     """Pause Python's cyclic garbage collector while async_batch's own steps run: they create
     no reference cycles, and a full collection triggered mid-flush walks every object in the
@@ -307,6 +312,12 @@ class FlushRun:
             if info.fast_reason:
                 reasons.setdefault(m, info.fast_reason)
                 continue
+            unfit = _unfit_tables(conn, info, metas, self.options.trust_triggers)
+            if unfit:
+                # what the server does with an INSERT beyond storing the row, or a value it
+                # would convert differently: only the unit of work's own INSERTs reproduce it
+                reasons.setdefault(m, unfit)
+                continue
             sql = _sql_states(sts, dicts)
             if sql:
                 # an attribute holds a SQL expression: only the unit of work can render it,
@@ -481,7 +492,7 @@ class FlushRun:
             # a key copied along a relationship comes from a Python default: evaluate every
             # Python default now, in the order the rows are built (which the sync below
             # cannot change: no defaulted column is a sync target, checked in _check_sources)
-            self._apply_defaults(fast_groups, infos, fast_tables)
+            self._apply_defaults(conn, fast_groups, infos, fast_tables)
         secondary_rows = self._sync(fast_groups, infos)
         jobs = self._build(conn, fast_groups, infos, metas, fast_tables, secondary_rows)
 
@@ -620,6 +631,10 @@ class FlushRun:
                     continue
                 meta = metas[info.id_table]
                 if not meta.id_ok or meta.identity_always:
+                    continue
+                if (meta.triggers and not self.options.trust_triggers) or meta.rules:
+                    # a trigger may rewrite the id a native INSERT is given (natively it
+                    # comes back through RETURNING); a rule may read the default
                     continue
                 if _sa.has_insert_listeners(m):
                     # a before_insert hook may assign ids itself; leave it alone
@@ -809,6 +824,7 @@ class FlushRun:
 
     def _apply_defaults(
         self,
+        conn: Connection,
         fast_groups: Mapping[Any, list[InstanceState[Any]]],
         infos: dict[Any, MapperInfo],
         tables: list[Table],
@@ -820,8 +836,6 @@ class FlushRun:
         for m, sts in fast_groups.items():
             for ts in infos[m].tables:
                 per_table[ts.table].append((ts, sts))
-        dicts = self._dicts
-        undo = self._undo
         for table in tables:
             chunks = per_table.get(table)
             if not chunks:
@@ -834,23 +848,37 @@ class FlushRun:
                     ((st, ts) for ts, sts in chunks for st in sts),
                     key=lambda e: self._row_order(e[0]),
                 )
-            for st, ts in entries:
-                d = dicts[st]
-                evaluated: list[tuple[str, Any]] = []
-                for propkey, _name, eval_none, _bind, kind, dflt, orm_dflt in ts.plan:
-                    v = d.get(propkey, _MISSING)
-                    if v is not _MISSING and (v is not None or eval_none):
-                        continue
-                    if orm_dflt is not _MISSING:
-                        evaluated.append((propkey, orm_dflt))
-                    elif kind == D_SCALAR:
-                        evaluated.append((propkey, dflt))
-                    elif kind == D_CALLABLE:
-                        evaluated.append((propkey, dflt(None)))
-                for key, dv in evaluated:
-                    undo.append((st, key, d.get(key, _MISSING), stage, False))
-                    d[key] = dv
-                    _sa.pop_committed(st, key)
+            try:
+                self._defaults_of(entries, stage)
+            except Exception as err:
+                # a column default raised: natively while this table's INSERT is prepared
+                self._failed_at = self._table_pos.get(table)
+                tref = _sequences.qualified(
+                    conn, _sequences.effective_schema(table.schema, conn), table.name
+                )
+                _sa.raise_statement_error(conn, err, f"INSERT INTO {tref}")
+
+    def _defaults_of(self, entries: list[tuple[InstanceState[Any], TableSpec]], stage: int) -> None:
+        """Evaluate and set the Python defaults of these rows (see ``_apply_defaults``)."""
+        dicts = self._dicts
+        undo = self._undo
+        for st, ts in entries:
+            d = dicts[st]
+            evaluated: list[tuple[str, Any]] = []
+            for propkey, _name, eval_none, _bind, kind, dflt, orm_dflt in ts.plan:
+                v = d.get(propkey, _MISSING)
+                if v is not _MISSING and (v is not None or eval_none):
+                    continue
+                if orm_dflt is not _MISSING:
+                    evaluated.append((propkey, orm_dflt))
+                elif kind == D_SCALAR:
+                    evaluated.append((propkey, dflt))
+                elif kind == D_CALLABLE:
+                    evaluated.append((propkey, dflt(None)))
+            for key, dv in evaluated:
+                undo.append((st, key, d.get(key, _MISSING), stage, False))
+                d[key] = dv
+                _sa.pop_committed(st, key)
 
     def _req(self, key: tuple[Any, ...], tables: list[Table], before: bool) -> int:
         """The id of a stage (see _revert): after all of ``tables`` are written, or (with
@@ -1093,9 +1121,14 @@ class FlushRun:
             chunks = per_table.get(table)
             if chunks:
                 meta = metas.get(table) or _sequences.table_meta(conn, table, None)
-                jobs.extend(
-                    (*j, table) for j in self._table_jobs(table, tref, schema, meta, chunks)
-                )
+                try:
+                    built = self._table_jobs(table, tref, schema, meta, chunks)
+                except Exception as err:
+                    # a type's bind processor or a column default raised: natively while
+                    # this table's INSERT parameters are built, after the tables before it
+                    self._failed_at = self._table_pos.get(table)
+                    _sa.raise_statement_error(conn, err, f"INSERT INTO {tref}")
+                jobs.extend((*j, table) for j in built)
         return jobs
 
     def _secondary_jobs(
@@ -1125,6 +1158,7 @@ class FlushRun:
                     dict(meta.column_types),
                     meta.array_columns,
                     False,
+                    no_copy=meta.row_security,
                 ),
                 [],
                 [],
@@ -1313,6 +1347,7 @@ class FlushRun:
                 meta.array_columns,
                 meta.identity_always,
                 fk_pairs or None,
+                no_copy=meta.row_security,
             )
             jobs.append((job, sts, postfetch))
         return jobs
@@ -1476,6 +1511,24 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
+
+
+def _unfit_tables(
+    conn: Connection, info: MapperInfo, metas: dict[Table, TableMeta], trust_triggers: bool
+) -> str | None:
+    """Why a table this mapper's new objects go to (their own, or a many-to-many link table)
+    must be written natively, if so."""
+    tables = [ts.table for ts in info.tables] + [
+        rel.secondary for rel in info.relationships if rel.secondary is not None
+    ]
+    for table in tables:
+        meta = metas.get(table)
+        if meta is None:
+            meta = metas[table] = _sequences.table_meta(conn, table, None)
+        reason = meta.unfit_reason(table.name, trust_triggers)
+        if reason:
+            return reason
+    return None
 
 
 def _check_updates(

@@ -34,6 +34,7 @@ from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import schema as sa_schema
+from sqlalchemy.sql import sqltypes
 
 _T = TypeVar("_T")
 
@@ -191,6 +192,19 @@ def changed_columns(state: InstanceState[Any]) -> list[Any]:
         if prop is not None:
             out.extend(c for c in prop.columns if isinstance(c, Column))
     return out
+
+
+def bind_cast_type(col: Column[Any], dialect: Any) -> str | None:
+    """The type a native INSERT casts this column's parameter to (``$n::<type>``, the
+    asyncpg dialect's bind casts; ``PGCompiler.render_bind_cast``), or None without a cast."""
+    if not getattr(dialect, "_bind_typing_render_casts", False):
+        return None
+    impl = col.type._unwrapped_dialect_impl(dialect)  # noqa: SLF001
+    if not impl.render_bind_cast:
+        return None
+    if impl._type_affinity is sqltypes.String and getattr(impl, "length", None):  # noqa: SLF001
+        impl = sqltypes.STRINGTYPE
+    return str(dialect.type_compiler_instance.process(impl))
 
 
 def has_p2p_listeners(session: Session) -> bool:
@@ -682,12 +696,21 @@ def raise_dbapi_error(connection: Connection, err: BaseException, statement: str
     the adapter's DBAPI exception class, then ``Connection._handle_dbapi_exception``
     (``IntegrityError``/``DBAPIError`` wrapping, disconnect detection, pool invalidation)."""
     adapted = adapted_connection(connection)
-    if isinstance(err, (TypeError, ValueError, OverflowError)):
-        # asyncpg's COPY encoder raises plain Python errors for values of the wrong type; for
-        # a bound parameter asyncpg reports the same problem as DataError, which is what a
-        # native flush raises (as sqlalchemy.exc.DBAPIError)
-        import asyncpg
+    import asyncpg
 
+    if not isinstance(
+        err,
+        (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+            OSError,
+        ),
+    ):
+        # asyncpg's COPY encoder raises plain Python errors for values of the wrong type
+        # (TypeError, ValueError, OverflowError, AttributeError for a str where a date goes);
+        # for a bound parameter asyncpg reports any such error as DataError, which is what a
+        # native flush raises (as sqlalchemy.exc.DBAPIError)
         data_error = asyncpg.exceptions.DataError(f"invalid input for {statement}: {err}")
         data_error.__cause__ = err
         err = data_error
@@ -698,6 +721,14 @@ def raise_dbapi_error(connection: Connection, err: BaseException, statement: str
         translated = t
     connection._handle_dbapi_exception(translated, statement, None, None, None)  # noqa: SLF001
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def raise_statement_error(connection: Connection, err: Exception, statement: str) -> NoReturn:
+    """An error raised while building a statement's parameters (a type's bind processor, a
+    column default), raised as SQLAlchemy raises it for its own statements: a
+    ``StatementError`` wrapping it (``Connection._handle_dbapi_exception``)."""
+    connection._handle_dbapi_exception(err, statement, None, None, None)  # noqa: SLF001
+    raise AssertionError("unreachable") from err  # pragma: no cover
 
 
 # --- attribute access the unit of work uses to synchronize keys --------------------------------

@@ -59,6 +59,26 @@ class TableMeta:
     defaulted_columns: frozenset[str]
     """Columns for which "omitted from the INSERT" differs from NULL (DEFAULT, identity,
     generated, domain default)."""
+    triggers: bool = False
+    """INSERT triggers (row or statement level): they may change or skip rows, or count
+    statements, in ways only the unit of work's own INSERTs reproduce."""
+    rules: bool = False
+    row_security: bool = False
+    """Row-level security enabled: COPY FROM is refused for roles it applies to."""
+    retyped: tuple[tuple[str, str, str], ...] = ()
+    """(column, mapped type, database type) where a native INSERT casts the value to a type
+    other than the column's (and a direct write could store something else)."""
+
+    def unfit_reason(self, table: str, trust_triggers: bool = False) -> str | None:
+        """Why no row of this table can be written by async_batch, if so."""
+        if self.triggers and not trust_triggers:
+            return f"table {table} has INSERT triggers"
+        if self.rules:
+            return f"table {table} has rules"
+        if self.retyped:
+            col, mapped, actual = self.retyped[0]
+            return f"column {table}.{col} is mapped as {mapped} but is {actual} in the database"
+        return None
 
 
 _LOOKUP_SQL = """
@@ -80,7 +100,21 @@ SELECT
   (SELECT array_agg(a.attname::text) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
-           OR (t.typtype = 'd' AND t.typdefault IS NOT NULL))) AS defaulted
+           OR (t.typtype = 'd' AND t.typdefault IS NOT NULL))) AS defaulted,
+  EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = to_regclass($1)
+          AND NOT tg.tgisinternal AND (tg.tgtype & 4) <> 0) AS triggers,
+  (SELECT c.relhasrules FROM pg_class c WHERE c.oid = to_regclass($1)) AS rules,
+  (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = to_regclass($1)) AS row_security,
+  -- columns whose native bind cast ($n::<mapped type>) is not their own type; strings are
+  -- alike under any string type
+  (SELECT json_agg(json_build_array(a.attname, j.value, format_type(a.atttypid, NULL)))::text
+     FROM pg_attribute a
+     JOIN json_each_text($4::text::json) j ON j.key = a.attname
+     JOIN pg_type ct ON ct.oid = a.atttypid
+     LEFT JOIN pg_type mt ON mt.oid = to_regtype(j.value)
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND mt.oid IS DISTINCT FROM a.atttypid
+      AND NOT (mt.typcategory = 'S' AND ct.typcategory = 'S')) AS retyped
 FROM (
   SELECT CASE
     WHEN $3::text IS NOT NULL THEN to_regclass($3::text)
@@ -184,10 +218,13 @@ def table_meta(
             cached = _meta_cache.get(engine, {}).get(key)
         if cached is not None:
             return cached
+    casts = {c.name: t for c in table.c if (t := _sa.bind_cast_type(c, connection.dialect))}
     row = connection.exec_driver_sql(
-        _LOOKUP_SQL, (tref, src.column if src else "", src.sequence_ref if src else None)
+        _LOOKUP_SQL,
+        (tref, src.column if src else "", src.sequence_ref if src else None, json.dumps(casts)),
     ).one()
-    oid, seq, priv, ident, names, types, arrays, defaulted = row
+    oid, seq, priv, ident, names, types, arrays, defaulted = row[:8]
+    triggers, rules, row_security, retyped = row[8:]
     id_reason = None
     if src is None:
         id_reason = "no database-generated integer primary key"
@@ -214,6 +251,10 @@ def table_meta(
         column_types=dict(zip(names or (), types or (), strict=True)),
         array_columns=frozenset(arrays or ()),
         defaulted_columns=frozenset(defaulted or ()),
+        triggers=bool(triggers),
+        rules=bool(rules),
+        row_security=bool(row_security),
+        retyped=tuple(tuple(item) for item in (json.loads(retyped) if retyped else ())),
     )
     with _lock:
         _meta_cache.setdefault(engine, {})[key] = meta

@@ -50,6 +50,9 @@ class TableJob:
     """GENERATED ALWAYS identity: explicit ids need OVERRIDING SYSTEM VALUE (COPY takes them)."""
     self_ref: list[tuple[int, int]] | None = None
     """For executemany: (pk index, fk index) pairs of self-referencing foreign keys."""
+    no_copy: bool = False
+    """Row-level security is enabled on the table: COPY FROM is refused for the roles it
+    applies to (an INSERT is not)."""
 
 
 def choose(job: TableJob, forced: str) -> str:
@@ -62,6 +65,8 @@ def choose(job: TableJob, forced: str) -> str:
         if forced == "executemany" or not can_unnest or (forced == "auto" and small):
             return "executemany"
         return "unnest"
+    if job.no_copy and forced in ("auto", "copy", "unnest"):
+        return "unnest" if can_unnest and not (forced == "auto" and small) else "executemany"
     if forced != "auto":
         if forced == "unnest" and not can_unnest:
             return "copy"

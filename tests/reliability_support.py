@@ -65,10 +65,14 @@ WITH_NATIVE = ("native", *STRATEGIES)
 
 
 def maker_for(engine: AsyncEngine, strategy: str, **kw: Any) -> async_sessionmaker[Any]:
-    """An async_sessionmaker on ``engine``; batching with ``strategy`` unless ``"native"``."""
+    """An async_sessionmaker on ``engine``; batching with ``strategy`` unless ``"native"``.
+
+    ``trust_triggers``: the table's only trigger is the ``Gate`` below, which holds one row
+    and changes nothing -- without it the batched sessions would (rightly) write the table
+    natively, and the faults would not hit the writer under test."""
     maker = async_sessionmaker(engine, **kw)
     if strategy != "native":
-        enable_async_batching(maker, strategy=strategy)
+        enable_async_batching(maker, strategy=strategy, trust_triggers=True)
     return maker
 
 

@@ -1,0 +1,188 @@
+"""What the server or a type does with an INSERT beyond storing the row, native vs batched.
+
+Triggers (which may rewrite or skip rows, or count statements) and rules keep a table's new
+objects native; a column mapped as another type than the database's (natively every value is
+cast to the mapped type) keeps them native; row-level security rules COPY out; a failing bind
+processor or column default raises ``StatementError``, and a value COPY cannot encode raises
+``DBAPIError``, as natively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import DDL, Date, DateTime, ForeignKey, MetaData, String, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+from support import Run, compare_modes, create_schema
+from test_property import MODES
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Stamped(Base):
+    """A BEFORE INSERT trigger rewrites the key: natively RETURNING brings the real one."""
+
+    __tablename__ = "sf_stamped"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    note: Mapped[str | None] = mapped_column(server_default="n")
+
+
+class Counted(Base):
+    """A statement-level trigger counts INSERT statements and their rows."""
+
+    __tablename__ = "sf_counted"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class Audit(Base):
+    __tablename__ = "sf_audit"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    note: Mapped[str]
+
+
+class Ruled(Base):
+    """An ON INSERT rule also writes an audit row (COPY would not run it)."""
+
+    __tablename__ = "sf_ruled"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class Secured(Base):
+    """Row-level security: COPY FROM is refused for the roles it applies to."""
+
+    __tablename__ = "sf_secured"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class Picky(TypeDecorator[str]):
+    impl = String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value == "bad":
+            raise ValueError("bad value")
+        return value
+
+
+class Typed(Base):
+    __tablename__ = "sf_typed"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(Picky())
+    day: Mapped[Any] = mapped_column(Date, nullable=True)
+
+
+class Moment(Base):
+    """Mapped as a naive timestamp over a timestamptz column (the table is created by DDL):
+    natively the value is cast to ``timestamp`` and converted with the session's TimeZone."""
+
+    __tablename__ = "sf_moment"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime.datetime] = mapped_column(DateTime())
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("sf_typed.id"))
+
+
+for ddl in (
+    "CREATE FUNCTION sf_shift() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.id := NEW.id + 1000; RETURN NEW; END $$",
+    "CREATE TRIGGER sf_shift BEFORE INSERT ON sf_stamped FOR EACH ROW EXECUTE FUNCTION sf_shift()",
+    "CREATE FUNCTION sf_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "INSERT INTO sf_audit (note) SELECT 'rows ' || count(*) FROM new_rows; RETURN NULL; END $$",
+    "CREATE TRIGGER sf_count AFTER INSERT ON sf_counted REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION sf_count()",
+    "CREATE RULE sf_rule AS ON INSERT TO sf_ruled DO ALSO "
+    "INSERT INTO sf_audit (note) VALUES ('rule ' || NEW.name)",
+    "ALTER TABLE sf_secured ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY sf_all ON sf_secured USING (true) WITH CHECK (true)",
+    "ALTER TABLE sf_moment ALTER COLUMN at TYPE timestamptz",
+):
+    event.listen(Base.metadata, "after_create", DDL(ddl))
+
+
+@pytest.fixture
+def features_dsn(database_dsn: str) -> str:
+    create_schema(database_dsn, Base.metadata)
+    return database_dsn
+
+
+def adding(build: Any) -> Any:
+    async def workload(run: Run) -> None:
+        s = run.session
+        await s.execute(DDL("SET TIME ZONE 'America/New_York'"))
+        objs = build()
+        run.track(*objs)
+        s.add_all(objs)
+        await s.flush()
+        run.snapshot("flush")
+        await s.commit()
+        run.snapshot("commit")
+
+    return workload
+
+
+CASES: dict[str, tuple[Any, str | None]] = {
+    "trigger_rewrites_key": (
+        lambda: [Stamped(name=f"s{i}") for i in range(40)],
+        "table sf_stamped has INSERT triggers",
+    ),
+    # mixed key sets: natively regrouped with prefetched ids, which the trigger would rewrite
+    "trigger_mixed_keys": (
+        lambda: [Stamped(name=f"s{i}", **({"note": "x"} if i % 2 else {})) for i in range(40)],
+        "table sf_stamped has INSERT triggers",
+    ),
+    "statement_trigger": (
+        lambda: [Counted(name=f"c{i}") for i in range(5)],
+        "table sf_counted has INSERT triggers",
+    ),
+    "rule": (lambda: [Ruled(name=f"r{i}") for i in range(40)], "table sf_ruled has rules"),
+    "row_security": (lambda: [Secured(name=f"s{i}") for i in range(40)], None),
+    "mapped_type_differs": (
+        lambda: [Moment(at=datetime.datetime(2020, 6, 1, 12, i)) for i in range(40)],
+        "column sf_moment.at is mapped as TIMESTAMP WITHOUT TIME ZONE but is timestamp "
+        "with time zone in the database",
+    ),
+    "bind_processor_raises": (
+        lambda: [Typed(label="ok" if i != 20 else "bad") for i in range(40)],
+        None,
+    ),
+    "value_copy_cannot_encode": (
+        lambda: [Typed(label="x", day="2020-01-01" if i == 20 else None) for i in range(40)],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_server_feature_matches_native(features_dsn: str, case: str) -> None:
+    build, reason = CASES[case]
+    native, results = asyncio.run(
+        compare_modes(
+            features_dsn,
+            adding(build),
+            MODES,
+            metadata=Base.metadata,
+            sequences=["sf_audit_id_seq"],
+        )
+    )
+    for label, options, other in results:
+        report = other.reports[0] if other.reports else None
+        if reason is not None and options.get("small_flush") == 0:
+            assert report is not None, label
+            assert not report.accelerated, (label, report.summary())
+            assert any(reason in f.reason for f in report.fallbacks), report.summary()
+        if case == "row_security" and report is not None and options.get("small_flush") == 0:
+            assert report.accelerated, report.summary()
+            assert all(t.strategy != "copy" for t in report.tables), report.summary()
+    if case in ("bind_processor_raises",):
+        assert native.error == "StatementError"
+    if case == "value_copy_cannot_encode":
+        assert native.error == "DBAPIError"
