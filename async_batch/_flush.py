@@ -652,7 +652,25 @@ class FlushRun:
         if not need:
             return
         ordered: list[tuple[IdSource, list[_Chunk]]] = []
-        for src, chunks in need.values():
+        sources_in_order = list(need.values())
+        if len(sources_in_order) > 1:
+            # tables may share one sequence: draw for them in the order the unit of work
+            # saves their mappers
+            # (each chunk holds the states of one mapper: its first state tells which)
+            ranks = _mapper_ranks(
+                {
+                    sts[0].manager.mapper.base_mapper
+                    for _s, chs in sources_in_order
+                    for _k, sts in chs
+                },
+                infos,
+            )
+            sources_in_order.sort(
+                key=lambda e: min(
+                    ranks.get(sts[0].manager.mapper.base_mapper, 0) for _k, sts in e[1]
+                )
+            )
+        for src, chunks in sources_in_order:
             first = chunks[0][1][0]
             depth: dict[InstanceState[Any], int] = {}
             if infos[first.manager.mapper].self_referential:
@@ -661,14 +679,24 @@ class FlushRun:
                 depth = self._levels(first.manager.mapper.base_mapper, infos, conn.dialect)
             if depth or len(chunks) > 1:
                 # fast and native objects, or several mappers, may share a sequence: number
-                # them all in insert order (by level first, for a self-referencing mapper)
+                # them all in the unit of work's order -- mapper by mapper as it sorts them,
+                # then in insert order (by level first, for a self-referencing mapper)
+                rank = _mapper_ranks(
+                    {st.manager.mapper.base_mapper for _k, sts in chunks for st in sts}, infos
+                )
                 merged = [
-                    (depth.get(st, 0), _sa.insert_order(st), key, st)
+                    (
+                        rank.get(st.manager.mapper.base_mapper, 0),
+                        depth.get(st, 0),
+                        _sa.insert_order(st),
+                        key,
+                        st,
+                    )
                     for key, sts in chunks
                     for st in sts
                 ]
-                merged.sort(key=lambda e: (e[0], e[1]))
-                chunks = _rechunk([(key, st) for _d, _o, key, st in merged])
+                merged.sort(key=lambda e: (e[0], e[1], e[2]))
+                chunks = _rechunk([(key, st) for _r, _d, _o, key, st in merged])
             ordered.append((src, chunks))
         # validate every cached lookup whose table name search_path resolves, in the same trip
         checked = [
@@ -1511,6 +1539,38 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
+
+
+def _mapper_ranks(bases: set[Any], infos: dict[Any, MapperInfo]) -> dict[Any, int]:
+    """The order in which the unit of work saves these base mappers: its actions sorted by
+    the mapper's ``_sort_key`` (module and class name), then topologically in layers
+    (``topological.sort_as_subsets``), a mapper after those its relationships make it
+    depend on."""
+    if len(bases) < 2:
+        return {}
+    after: dict[Any, set[Any]] = defaultdict(set)
+    for m, info in infos.items():
+        mb = m.base_mapper
+        for rel in info.relationships:
+            other = rel.prop.mapper.base_mapper
+            if other is mb or rel.direction is MANYTOMANY:
+                continue
+            if rel.direction is MANYTOONE:
+                after[mb].add(other)
+            else:
+                after[other].add(mb)
+    todo = sorted({m.base_mapper for m in infos} | bases, key=_sa.mapper_sort_key)
+    pending = set(todo)
+    rank: dict[Any, int] = {}
+    while pending:
+        layer = [m for m in todo if pending.isdisjoint(after[m])]
+        if not layer:  # a cycle between mappers: the rest in sort-key order
+            layer = [m for m in todo if m in pending]
+        for m in layer:
+            rank[m] = len(rank)
+        pending.difference_update(layer)
+        todo = [m for m in todo if m in pending]
+    return rank
 
 
 def _unfit_tables(

@@ -207,6 +207,11 @@ def bind_cast_type(col: Column[Any], dialect: Any) -> str | None:
     return str(dialect.type_compiler_instance.process(impl))
 
 
+def mapper_sort_key(mapper: Mapper[Any]) -> str:
+    """The key the unit of work sorts its per-mapper actions by before its topological sort."""
+    return str(mapper._sort_key)  # noqa: SLF001
+
+
 def has_p2p_listeners(session: Session) -> bool:
     return bool(session.dispatch.pending_to_persistent)
 

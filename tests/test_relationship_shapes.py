@@ -335,6 +335,24 @@ class Box(Base):
     label: Mapped[str] = mapped_column(String(20), unique=True)
 
 
+shared_numbers = Sequence("rs_shared_numbers", metadata=Base.metadata)
+
+
+class Zinc(Base):
+    """Two unrelated tables drawing ids from one sequence: natively numbered mapper by mapper
+    in the unit of work's order (class names), not in add order."""
+
+    __tablename__ = "rs_zinc"
+    id: Mapped[int] = mapped_column(Integer, shared_numbers, primary_key=True)
+    name: Mapped[str]
+
+
+class Argon(Base):
+    __tablename__ = "rs_argon"
+    id: Mapped[int] = mapped_column(Integer, shared_numbers, primary_key=True)
+    name: Mapped[str]
+
+
 Built = tuple[list[Any], list[Any]]
 
 
@@ -491,6 +509,13 @@ def self_ref_levels(existing: Folder | None) -> Built:
     return out, out
 
 
+def shared_sequence(existing: Folder | None) -> Built:
+    objs: list[Any] = [Zinc(name=f"z{i}") for i in range(3)] + [
+        Argon(name=f"a{i}") for i in range(3)
+    ]
+    return objs, objs
+
+
 CASES: dict[str, Callable[[Folder | None], Built]] = {
     "dict_set_viewonly_ordering": folders,
     "persistent_dict_and_set": existing_folder,
@@ -505,6 +530,7 @@ CASES: dict[str, Callable[[Folder | None], Built]] = {
     "callable_default_split": callable_default_split,
     "concrete_inheritance": concrete_inheritance,
     "self_ref_levels": self_ref_levels,
+    "shared_sequence": shared_sequence,
 }
 STAYS_NATIVE = {
     "post_update": "post_update",
@@ -552,7 +578,7 @@ def test_relationship_shape_matches_native(shapes_dsn: str, case: str) -> None:
             MODES,
             metadata=Base.metadata,
             setup=setup,
-            sequences=["rs_badge_code_seq"],
+            sequences=["rs_badge_code_seq", "rs_shared_numbers"],
             before_run=reset_codes,
         )
     )
