@@ -421,7 +421,10 @@ class FlushRun:
         fast_tables: list[Table] = []
         if fast:
             tset: dict[Table, None] = {}
-            for fm in by_mapper if fast is states else dict.fromkeys(map(_mapper_of, fast)):
+            fast_mappers = list(
+                by_mapper if fast is states else dict.fromkeys(map(_mapper_of, fast))
+            )
+            for fm in fast_mappers:
                 info = infos[fm]
                 for ts in info.tables:
                     tset[ts.table] = None
@@ -439,6 +442,8 @@ class FlushRun:
                 fast = []
             else:
                 fast_tables = [t for t, _ in ordered if t is not None]
+                if len(fast_tables) > 1:
+                    fast_tables = _native_table_order(fast_tables, fast_mappers, infos)
 
         self._mark("classify")
         fast_set = set(fast)
@@ -1415,8 +1420,9 @@ class FlushRun:
     # -- failure -------------------------------------------------------------------------------
 
     def _ancestors(self, position: int) -> set[int]:
-        """Write positions of the tables the table at ``position`` references, transitively
-        (what the unit of work writes before it)."""
+        """Write positions of the tables the unit of work writes before the table at
+        ``position``: those it references, transitively, and those of mappers it saves
+        earlier (``_mapper_ranks``; for a link table only the referenced ones)."""
         tables = {p: t for t, p in self._table_pos.items()}
         out: set[int] = set()
         todo = [tables[position]]
@@ -1427,6 +1433,19 @@ class FlushRun:
                 if p is not None and p not in out and fk.column.table is not t:
                     out.add(p)
                     todo.append(fk.column.table)
+        owner: dict[Table, Any] = {}
+        for m in self._planned:
+            for ts in self._infos[m].tables:
+                owner.setdefault(ts.table, m.base_mapper)
+        failed_owner = owner.get(tables[position])
+        if failed_owner is not None:
+            ranks = _mapper_ranks(set(owner.values()), self._infos)
+            mine = ranks.get(failed_owner, 0)
+            out.update(
+                self._table_pos[t]
+                for t, m in owner.items()
+                if ranks.get(m, 0) < mine and t in self._table_pos
+            )
         return out
 
     def _revert(self) -> None:
@@ -1434,11 +1453,10 @@ class FlushRun:
         leaves them. The unit of work writes a table only after the tables its foreign keys
         point to; what it sets on an object once rows are written (ids, Python and fetched
         server defaults, inherited keys, keys copied from written objects) stays where every
-        table that change waits for is such an ancestor of the failed table, and keys copied
-        from objects that are not written stay for rows of the failed table or its
-        ancestors. Everything else is restored (tables independent of the failed one may or
-        may not have been written natively: the unit of work's order among them is
-        arbitrary)."""
+        table that change waits for is written before the failed table (``_ancestors``: the
+        tables it references, and those of mappers the unit of work saves first), and keys
+        copied from objects that are not written stay for rows of the failed table or those.
+        Everything else is restored."""
         undo = self._undo
         reqs = self._reqs
         failed = self._failed_at
@@ -1539,6 +1557,46 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
+
+
+def _native_table_order(
+    tables: list[Table],
+    mappers: list[Any],
+    infos: dict[Any, MapperInfo],
+) -> list[Table]:
+    """The tables in foreign-key order, and otherwise in the order the unit of work saves
+    their mappers (which decides what a failure leaves written, and the order triggers see
+    rows in): among the tables whose references are written, the one of the earliest mapper
+    (a link table right after the tables it references), ties in the given order."""
+    owner: dict[Table, Any] = {}
+    for m in mappers:
+        for ts in infos[m].tables:
+            owner.setdefault(ts.table, m.base_mapper)
+    ranks = _mapper_ranks(set(owner.values()), infos)
+    index = {t: i for i, t in enumerate(tables)}
+    refs = {
+        t: {fk.column.table for fk in t.foreign_keys if fk.column.table in index} - {t}
+        for t in tables
+    }
+    rank: dict[Table, float] = {}
+    for t in tables:
+        if t in owner:
+            rank[t] = ranks.get(owner[t], 0)
+    for t in tables:
+        if t not in rank:
+            rank[t] = max((rank.get(r, 0) for r in refs[t]), default=0) + 0.5
+    out: list[Table] = []
+    done: set[Table] = set()
+    pending = list(tables)
+    while pending:
+        ready = [t for t in pending if refs[t] <= done]
+        if not ready:  # pragma: no cover - a cycle was ruled out before
+            return tables
+        nxt = min(ready, key=lambda t: (rank[t], index[t]))
+        out.append(nxt)
+        done.add(nxt)
+        pending.remove(nxt)
+    return out
 
 
 def _mapper_ranks(bases: set[Any], infos: dict[Any, MapperInfo]) -> dict[Any, int]:
