@@ -583,6 +583,19 @@ class FlushRun:
             self._depth.update(found)
         return found
 
+    def _row_entries(
+        self, chunks: list[tuple[TableSpec, list[InstanceState[Any]]]]
+    ) -> list[tuple[InstanceState[Any], TableSpec]]:
+        """A table's rows as (state, spec) in the unit of work's order: one mapper's states
+        as they are (already in that order), several mappers' (single-table inheritance)
+        merged by ``_row_order``."""
+        if len(chunks) == 1:
+            ts0, sts0 = chunks[0]
+            return [(st, ts0) for st in sts0]
+        return sorted(
+            ((st, ts) for ts, sts in chunks for st in sts), key=lambda e: self._row_order(e[0])
+        )
+
     def _row_order(self, st: InstanceState[Any]) -> tuple[int, int]:
         """The unit of work's INSERT order: by level for a self-referencing mapper, then in
         the order the objects were added."""
@@ -874,15 +887,8 @@ class FlushRun:
             if not chunks:
                 continue
             stage = self._req(("table", table), [table], False)
-            if len(chunks) == 1:
-                entries = [(st, chunks[0][0]) for st in chunks[0][1]]
-            else:
-                entries = sorted(
-                    ((st, ts) for ts, sts in chunks for st in sts),
-                    key=lambda e: self._row_order(e[0]),
-                )
             try:
-                self._defaults_of(entries, stage)
+                self._defaults_of(self._row_entries(chunks), stage)
             except Exception as err:
                 # a column default raised: natively while this table's INSERT is prepared
                 self._failed_at = self._table_pos.get(table)
@@ -1269,15 +1275,8 @@ class FlushRun:
             ):
                 groups[()] = (rows0, sts0, [ts0] * len(sts0))
                 chunks = []
-        if len(chunks) == 1:
-            ts0, sts0 = chunks[0]
-            entries = [(st, ts0) for st in sts0]
-        elif chunks:
-            # several mappers write this table (single-table inheritance): insert order
-            entries = sorted(
-                ((st, ts) for ts, sts in chunks for st in sts),
-                key=lambda e: self._row_order(e[0]),
-            )
+        if chunks:
+            entries = self._row_entries(chunks)
         for st, ts in entries:
             d = dicts[st]
             keys_s = simple.get(id(ts))
