@@ -15,7 +15,7 @@ import operator
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -859,9 +859,9 @@ class FlushRun:
             kind = _source_kind(info, col)
             if kind == _SAFE:
                 continue
-            spec = _spec_for(info, col)
-            if spec is None:
-                continue
+            found = _spec_for(info, col)
+            assert found is not None  # not _SAFE: a mapped column with a default
+            spec = found[1]
             v = d.get(spec.propkey, _MISSING)
             if v is not _MISSING and (v is not None or spec.eval_none):
                 continue
@@ -878,10 +878,7 @@ class FlushRun:
         """Evaluate the Python defaults of every row, table by table in write order, rows in
         the order ``_table_jobs`` builds them, columns in plan order -- what ``_table_jobs``
         would do later, done before keys are copied."""
-        per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]] = defaultdict(list)
-        for m, sts in fast_groups.items():
-            for ts in infos[m].tables:
-                per_table[ts.table].append((ts, sts))
+        per_table = _chunks_per_table(fast_groups, infos)
         for table in tables:
             chunks = per_table.get(table)
             if not chunks:
@@ -929,29 +926,20 @@ class FlushRun:
             self._reqs.append((pos, before))
         return rid
 
-    def _after_saved(self, st: InstanceState[Any]) -> int:
-        """Stage: once the object's rows are all written (a mapper's save)."""
+    def _stage(self, st: InstanceState[Any], when: int) -> int:
+        """Stage (see _revert) of a change to this object the unit of work makes
+        ``_AFTER_SAVED`` (once all its rows are written: a mapper's save), ``_AFTER_FIRST``
+        (once its first, inherited base table is written) or ``_BEFORE_SAVED`` (just before
+        its first table is written: a dependency processor's copy from an object that is not
+        written)."""
         m = st.manager.mapper
-        rid = self._req_ids.get((id(m), 0))
+        key = (id(m), when)
+        rid = self._req_ids.get(key)
         if rid is None:
-            rid = self._req((id(m), 0), [ts.table for ts in self._infos[m].tables], False)
-        return rid
-
-    def _after_first(self, st: InstanceState[Any]) -> int:
-        """Stage: once the object's first (inherited base) table is written."""
-        m = st.manager.mapper
-        rid = self._req_ids.get((id(m), 1))
-        if rid is None:
-            rid = self._req((id(m), 1), [self._infos[m].tables[0].table], False)
-        return rid
-
-    def _before_saved(self, st: InstanceState[Any]) -> int:
-        """Stage: just before the object's first table is written (a dependency processor's
-        copy from an object that is not written)."""
-        m = st.manager.mapper
-        rid = self._req_ids.get((id(m), 2))
-        if rid is None:
-            rid = self._req((id(m), 2), [self._infos[m].tables[0].table], True)
+            tables = [ts.table for ts in self._infos[m].tables]
+            rid = self._req(
+                key, tables if when == _AFTER_SAVED else tables[:1], when == _BEFORE_SAVED
+            )
         return rid
 
     def _set(
@@ -1018,7 +1006,7 @@ class FlushRun:
             for rel, parent, child in self._parents:
                 if child in fast_set:
                     # from a persistent parent: natively copied just before the child's INSERT
-                    stage = self._before_saved(child)
+                    stage = self._stage(child, _BEFORE_SAVED)
                     for left, r in rel.pairs:
                         set_(child, keyof(child, r), get(parent, left), stage)
         # inherited primary keys under another attribute name, for every state first: other
@@ -1027,15 +1015,14 @@ class FlushRun:
             equated = [pair for ts in infos[m].tables for pair in ts.equated]
             for st in sts if equated else ():
                 d = dicts[st]
-                stage = self._after_first(st)
+                stage = self._stage(st, _AFTER_FIRST)
                 for src_key, dst_key in equated:
                     set_(st, dst_key, d.get(src_key), stage)
         # keyed by ids: a ClassManager's __hash__ is a Python-level method
         key_pairs: dict[tuple[int, int, int], list[tuple[Any, str, str, bool]]] = {}
         undo = self._undo
         plain_attrs = self._plain_attrs
-        after_saved = self._after_saved
-        before_saved = self._before_saved
+        stage_of = self._stage
 
         def pairs_for(rel: Any, src: InstanceState[Any], dst: InstanceState[Any]) -> Any:
             """The relationship's (referenced column, its key on ``src``, foreign key on
@@ -1067,7 +1054,7 @@ class FlushRun:
                     direction = rel.direction
                     if direction is MANYTOONE:
                         if other is None:
-                            stage = before_saved(st)
+                            stage = stage_of(st, _BEFORE_SAVED)
                             for _l, r in rel.pairs:
                                 set_(st, keyof(st, r), None, stage)
                             continue
@@ -1095,8 +1082,8 @@ class FlushRun:
                         hit = last[id(rel)] = (
                             om,
                             pairs_for(rel, src, dst),
-                            after_saved(src),
-                            before_saved(dst),
+                            stage_of(src, _AFTER_SAVED),
+                            stage_of(dst, _BEFORE_SAVED),
                         )
                     stage = hit[2] if src.key is None else hit[3]
                     for left, sk, dk, plain in hit[1]:
@@ -1142,10 +1129,7 @@ class FlushRun:
         tables: list[Table],
         secondary_rows: dict[Table, list[dict[str, Any]]],
     ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any], Table]]:
-        per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]] = defaultdict(list)
-        for m, sts in fast_groups.items():
-            for ts in infos[m].tables:
-                per_table[ts.table].append((ts, sts))
+        per_table = _chunks_per_table(fast_groups, infos)
 
         jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any], Table]] = []
         for table in tables:
@@ -1432,10 +1416,7 @@ class FlushRun:
                 if p is not None and p not in out and fk.column.table is not t:
                     out.add(p)
                     todo.append(fk.column.table)
-        owner: dict[Table, Any] = {}
-        for m in self._planned:
-            for ts in self._infos[m].tables:
-                owner.setdefault(ts.table, m.base_mapper)
+        owner = _table_owners(self._planned, self._infos)
         failed_owner = owner.get(tables[position])
         if failed_owner is not None:
             ranks = _mapper_ranks(set(owner.values()), self._infos)
@@ -1498,7 +1479,7 @@ class FlushRun:
         # stays once its first table was written (natively: RETURNING)
         kept_ids: set[int] = set()
         for sts in self._planned.values():
-            if not sts or not kept(self._after_first(sts[0])):
+            if not sts or not kept(self._stage(sts[0], _AFTER_FIRST)):
                 continue
             kept_ids.update(id(self._dicts[st]) for st in sts if st in self._dicts)
             same = [k for ts in self._infos[sts[0].manager.mapper].tables for k in ts.equated_same]
@@ -1556,6 +1537,27 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
+_AFTER_SAVED, _AFTER_FIRST, _BEFORE_SAVED = 0, 1, 2
+
+
+def _chunks_per_table(
+    groups: Mapping[Any, list[InstanceState[Any]]], infos: dict[Any, MapperInfo]
+) -> dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]]:
+    """Per table, the (spec, states) chunks of the mappers writing it, in mapper order."""
+    per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]] = defaultdict(list)
+    for m, sts in groups.items():
+        for ts in infos[m].tables:
+            per_table[ts.table].append((ts, sts))
+    return per_table
+
+
+def _table_owners(mappers: Iterable[Any], infos: dict[Any, MapperInfo]) -> dict[Table, Any]:
+    """The base mapper whose save writes each of these mappers' tables."""
+    owner: dict[Table, Any] = {}
+    for m in mappers:
+        for ts in infos[m].tables:
+            owner.setdefault(ts.table, m.base_mapper)
+    return owner
 
 
 def _native_table_order(
@@ -1567,10 +1569,7 @@ def _native_table_order(
     their mappers (which decides what a failure leaves written, and the order triggers see
     rows in): among the tables whose references are written, the one of the earliest mapper
     (a link table right after the tables it references), ties in the given order."""
-    owner: dict[Table, Any] = {}
-    for m in mappers:
-        for ts in infos[m].tables:
-            owner.setdefault(ts.table, m.base_mapper)
+    owner = _table_owners(mappers, infos)
     ranks = _mapper_ranks(set(owner.values()), infos)
     index = {t: i for i, t in enumerate(tables)}
     refs = {
@@ -1761,11 +1760,12 @@ def _split_callable_tables(
     return changed
 
 
-def _spec_for(info: MapperInfo, col: Any) -> Any:
+def _spec_for(info: MapperInfo, col: Any) -> tuple[TableSpec, Any] | None:
+    """The (table spec, column spec) of a mapped column."""
     for ts in info.tables:
         for spec in ts.columns:
             if spec.column is col:
-                return spec
+                return ts, spec
     return None
 
 
@@ -1778,12 +1778,10 @@ def _python_default(ts: TableSpec, spec: Any) -> bool:
 def _source_kind(info: MapperInfo, col: Any) -> int:
     """Where a new object's value for ``col`` comes from when it has none: ``_SAFE`` (a
     prefetched id, or nothing: NULL), ``_PYTHON`` (a Python default) or ``_SERVER``."""
-    if col is info.id_column:
+    found = None if col is info.id_column else _spec_for(info, col)
+    if found is None:
         return _SAFE
-    spec = _spec_for(info, col)
-    if spec is None:
-        return _SAFE
-    ts = next(t for t in info.tables if spec in t.columns)
+    ts, spec = found
     if _python_default(ts, spec):
         return _PYTHON
     if spec.default_kind == D_SERVER:
