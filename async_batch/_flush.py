@@ -145,6 +145,9 @@ class FlushRun:
         # (state, key, value before, stage, copied by sync.populate): see _revert
         self._undo: list[tuple[InstanceState[Any], str, Any, int, bool]] = []
         self._undo_ids: list[_sequences.IdUndo] = []
+        # (state, key, committed value before or _MISSING, stage): committed-state entries
+        # we changed (set listeners record one, a Python default's value drops one)
+        self._undo_committed: list[tuple[InstanceState[Any], str, Any, int]] = []
         self._plain_attrs: dict[tuple[int, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -208,6 +211,17 @@ class FlushRun:
         except BaseException:
             self._revert()
             raise
+        if self.session.dispatch.after_flush:
+            self._record_copies()
+
+    def _record_copies(self) -> None:
+        """Record the value before each key we copied with a plain dict write in the
+        object's committed state, as ``sync.populate``'s attribute set does: what an
+        ``after_flush`` listener sees of the keys' history (and what stays if it raises).
+        Finalizing the flush clears it again."""
+        for st, key, old, _stage, copied in self._undo:
+            if copied:
+                _sa.record_committed(st, key, None if old is _MISSING else old, old is _MISSING)
 
     def finalize(self, native_finalize: Callable[[], None]) -> None:
         self._mark("native")
@@ -324,6 +338,14 @@ class FlushRun:
                 # and this must be known before any id is drawn from a sequence
                 reasons.setdefault(m, "an attribute is set to a SQL expression")
                 sts = [st for st in sts if st not in set(sql)]
+            clash = _identity_clashes(m, sts, dicts, session.identity_map)
+            if clash:
+                # the unit of work turns a DELETE and an INSERT of one primary key into an
+                # UPDATE (a row switch), warns of a new object taking a persistent one's key,
+                # and re-synchronizes children of an object whose key changed since it was
+                # persistent (make_transient): its own bookkeeping, decided per object
+                reasons.setdefault(m, clash[1])
+                sts = [st for st in sts if st not in clash[0]]
             if info.id_propkey is not None:
                 assert info.id_table is not None
                 meta = metas[info.id_table]
@@ -395,6 +417,20 @@ class FlushRun:
                     elif rel.direction is ONETOMANY:
                         # a persistent parent's collection gained this object: its key comes
                         # from the parent (the native processor will set the same value)
+                        if any(
+                            _sa.has_set_listeners(other, _sa.propkey_for(other, r))
+                            for _left, r in rel.pairs
+                        ):
+                            # ... and fire the key's set listeners and validators once more
+                            # if the unit of work still processes the parent: natively they
+                            # fire once per copy, which only it can count
+                            bad.add(other)
+                            reasons.setdefault(
+                                other.manager.mapper,
+                                f"{rel.prop} copies a key with set listeners or validators "
+                                "from a persistent object",
+                            )
+                            continue
                         self._parents.append((rel, pst, other))
             # keys copied from new objects: known before the INSERT, or not written by us
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
@@ -914,7 +950,7 @@ class FlushRun:
             for key, dv in evaluated:
                 undo.append((st, key, d.get(key, _MISSING), stage, False))
                 d[key] = dv
-                _sa.pop_committed(st, key)
+                self._pop_committed(st, key, stage)
 
     def _req(self, key: tuple[Any, ...], tables: list[Table], before: bool) -> int:
         """The id of a stage (see _revert): after all of ``tables`` are written, or (with
@@ -969,7 +1005,22 @@ class FlushRun:
         else:
             # set events and validators fire on every copy, equal value or not, as natively
             self._undo.append((st, key, old, stage, True))
-            _sa.set_attr(st, d, key, value)
+            self._set_attr(st, d, key, value, stage)
+
+    def _set_attr(
+        self, st: InstanceState[Any], d: dict[str, Any], key: str, value: Any, stage: int
+    ) -> None:
+        """Set through the attribute (its listeners fire, and record the value before in
+        the committed state), remembering that committed-state entry for the undo."""
+        self._undo_committed.append((st, key, st.committed_state.get(key, _MISSING), stage))
+        _sa.set_attr(st, d, key, value)
+
+    def _pop_committed(self, st: InstanceState[Any], key: str, stage: int) -> None:
+        """Drop the attribute's committed-state entry, as ``_postfetch`` does for a value it
+        set from a Python default once the row is written; remembered for the undo."""
+        before = st.committed_state.pop(key, _MISSING)
+        if before is not _MISSING:
+            self._undo_committed.append((st, key, before, stage))
 
     def _sync(
         self,
@@ -1099,7 +1150,7 @@ class FlushRun:
                         else:
                             # set events and validators fire on every copy, as natively
                             undo.append((dst, dk, old, stage, True))
-                            _sa.set_attr(dst, dd, dk, v)
+                            self._set_attr(dst, dd, dk, v, stage)
         # association rows relationship by relationship, as ManyToManyDP writes them: a link
         # the reverse relationship already wrote is skipped ("processed"), a duplicate within
         # one collection is not (natively it is a second row, and a key violation)
@@ -1305,7 +1356,7 @@ class FlushRun:
                 for key, dv in prefetched:
                     undo.append((st, key, d.get(key, _MISSING), stage, False))
                     d[key] = dv
-                    _sa.pop_committed(st, key)
+                    self._pop_committed(st, key, stage)
             if pos is not None:
                 vec: list[Any] = [_MISSING] * len(all_names)
                 for i, v in zip(pos, values, strict=True):
@@ -1473,8 +1524,15 @@ class FlushRun:
                 d.pop(key, None)
             else:
                 d[key] = old
-            st.committed_state.pop(key, None)
         undo.clear()
+        for st, key, before, stage in reversed(self._undo_committed):
+            if kept(stage):
+                continue
+            if before is _MISSING:
+                st.committed_state.pop(key, None)
+            else:
+                st.committed_state[key] = before
+        self._undo_committed.clear()
         # prefetched ids were set before anything else: restore them last; an object's id
         # stays once its first table was written (natively: RETURNING)
         kept_ids: set[int] = set()
@@ -1690,14 +1748,54 @@ def _check_updates(
         )
 
 
+def _identity_clashes(
+    mapper: Any,
+    states: list[InstanceState[Any]],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    identity_map: Any,
+) -> tuple[set[InstanceState[Any]], str] | None:
+    """New states whose primary key (set before the flush) is the identity of an object in
+    the session, or whose primary key was another one while they were persistent (their
+    committed state holds it: ``make_transient``, then a new key); and why."""
+    keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+    no_value = _sa.NO_VALUE
+    found: set[InstanceState[Any]] = set()
+    why = ""
+    # previous values of the key attributes (NO_VALUE: never had one), in C-level passes
+    committed = list(map(_committed_of, states))
+    for k in keys:
+        before = map(dict.get, committed, itertools.repeat(k), itertools.repeat(no_value))
+        if any(map(operator.is_not, before, itertools.repeat(no_value))):
+            found.update(
+                st
+                for st, cs in zip(states, committed, strict=True)
+                if any(cs.get(k2, no_value) is not no_value for k2 in keys)
+            )
+            why = "the primary key changed since the object was persistent"
+            break
+    if len(identity_map):
+        with_key = states if len(keys) > 1 else _without(states, dicts, keys[0], invert=True)
+        for st in with_key:
+            d = dicts[st]
+            pk = tuple([d.get(k) for k in keys])
+            if None not in pk and mapper.identity_key_from_primary_key(pk) in identity_map:
+                found.add(st)
+                why = why or "a new object has the primary key of an object in the session"
+    return (found, why) if found else None
+
+
+_committed_of = operator.attrgetter("committed_state")
+
+
 def _is_unique(col: Any) -> bool:
     table = col.table
     if col.primary_key or col.unique:
         return True
+    # a ColumnCollection's ``in`` takes names only: test the Column objects themselves
     for cons in table.constraints:
-        if isinstance(cons, UniqueConstraint) and col in cons.columns:
+        if isinstance(cons, UniqueConstraint) and cons.columns.contains_column(col):
             return True
-    return any(idx.unique and col in idx.columns for idx in table.indexes)
+    return any(idx.unique and idx.columns.contains_column(col) for idx in table.indexes)
 
 
 def _spread(

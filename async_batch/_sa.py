@@ -48,6 +48,9 @@ def _version() -> tuple[int, int]:
 
 SA_VERSION = _version()
 
+NO_VALUE: Any = orm_base.NO_VALUE
+"""The marker for "no value" (as in a committed state: the attribute had none before)."""
+
 
 def check_version() -> None:
     """Refuse SQLAlchemy versions whose internals this module was not written against."""

@@ -1,0 +1,204 @@
+"""New objects beside what else a session does in the same flush, native vs every batching mode
+(found by differential probing):
+
+- a persistent object's UPDATE of a plain column in a table with a unique constraint;
+- a row switch: a persistent object deleted and a new one with its primary key added;
+- the history of keys copied from new parents, as an ``after_flush`` listener sees it (and as it
+  stays when that listener raises);
+- validators on a foreign key copied from a persistent parent the flush also updates: they run
+  as often as natively;
+- ``make_transient`` on flushed parents, re-added with new keys: their persistent children
+  follow in the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import ForeignKey, MetaData, String, event, inspect, select
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    make_transient,
+    mapped_column,
+    relationship,
+    selectinload,
+    validates,
+)
+from support import Run, compare_modes, create_schema
+from test_property import MODES
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Account(Base):
+    __tablename__ = "sl_account"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(40), unique=True)
+    visits: Mapped[int] = mapped_column(default=0)
+
+
+class Entry(Base):
+    __tablename__ = "sl_entry"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    msg: Mapped[str]
+
+
+class Owner(Base):
+    __tablename__ = "sl_owner"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    pets: Mapped[list[Pet]] = relationship(back_populates="owner")
+
+
+CALLS: list[Any] = []
+
+
+class Pet(Base):
+    __tablename__ = "sl_pet"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("sl_owner.id"))
+    name: Mapped[str]
+    owner: Mapped[Owner | None] = relationship(back_populates="pets")
+
+
+class Kennel(Base):
+    __tablename__ = "sl_kennel"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    dogs: Mapped[list[Dog]] = relationship(back_populates="kennel")
+
+
+class Dog(Base):
+    __tablename__ = "sl_dog"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kennel_id: Mapped[int | None] = mapped_column(ForeignKey("sl_kennel.id"))
+    name: Mapped[str]
+    kennel: Mapped[Kennel | None] = relationship(back_populates="dogs")
+
+    @validates("kennel_id")
+    def _check(self, key: str, value: Any) -> Any:
+        CALLS.append((self.name, value))
+        return value
+
+
+async def setup(session: Any) -> None:
+    session.add(Account(email="a@x"))
+    session.add(Entry(id=1, msg="old"))
+    session.add(Kennel(name="k"))
+
+
+async def unique_table_update(run: Run) -> None:
+    account = (await run.session.scalars(select(Account))).one()
+    account.visits += 1  # a plain column; the table has a unique one
+    entries = [Entry(id=100 + i, msg=f"m{i}") for i in range(60)]
+    run.track(account, *entries)
+    run.session.add_all(entries)
+    await run.session.commit()
+    run.snapshot("commit")
+
+
+async def row_switch(run: Run) -> None:
+    old = await run.session.get(Entry, 1)
+    await run.session.delete(old)
+    new = [Entry(id=1, msg="replacement")] + [Entry(id=200 + i, msg=f"e{i}") for i in range(50)]
+    run.track(old, *new)
+    run.session.add_all(new)
+    await run.session.commit()
+    run.snapshot("commit")
+
+
+def after_flush_history(fail: bool) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        def seen(session: Any, _ctx: Any) -> None:
+            for obj in session.new:
+                if isinstance(obj, Pet):
+                    hist = inspect(obj).attrs.owner_id.history
+                    run.events.append(("history", obj.name, hist.added, hist.unchanged))
+            if fail:
+                raise RuntimeError("after_flush says no")
+
+        event.listen(run.session.sync_session, "after_flush", seen)
+        owners = [Owner(name=f"o{i}", pets=[Pet(name=f"p{i}")]) for i in range(40)]
+        run.track(*owners, *(o.pets[0] for o in owners))
+        run.session.add_all(owners)
+        await run.session.flush()
+        run.snapshot("flush")
+        await run.session.commit()
+
+    return workload
+
+
+async def validated_key_from_updated_parent(run: Run) -> None:
+    kennel = (await run.session.scalars(select(Kennel).options(selectinload(Kennel.dogs)))).one()
+    CALLS.clear()
+    dogs = [Dog(name=f"d{i}") for i in range(50)]
+    kennel.dogs.extend(dogs)  # new children of a persistent parent ...
+    kennel.name = "renamed"  # ... which the flush also updates
+    run.track(kennel, *dogs)
+    await run.session.flush()
+    run.events.append(("validator calls", sorted(CALLS)))
+    run.snapshot("flush")
+    await run.session.commit()
+
+
+async def transient_parents_readded(run: Run) -> None:
+    owners = [Owner(name=f"o{i}", pets=[Pet(name=f"p{i}")]) for i in range(40)]
+    pets = [o.pets[0] for o in owners]
+    run.track(*owners, *pets)
+    run.session.add_all(owners)
+    await run.session.flush()
+    for owner in owners:
+        make_transient(owner)  # its pet stays persistent, still in owner.pets
+        owner.id = None  # type: ignore[assignment]
+        run.session.add(owner)  # inserted again, with a new key
+    await run.session.flush()
+    run.snapshot("second flush")
+    await run.session.commit()
+
+
+CASES: dict[str, Callable[[Run], Any]] = {
+    "update beside a unique column": unique_table_update,
+    "row switch": row_switch,
+    "history in after_flush": after_flush_history(fail=False),
+    "history when after_flush raises": after_flush_history(fail=True),
+    "validated key from an updated parent": validated_key_from_updated_parent,
+    "transient parents re-added": transient_parents_readded,
+}
+# case -> (a fallback reason it must show, whether other objects are still accelerated)
+STAYS_NATIVE = {
+    "row switch": ("primary key of an object in the session", True),
+    "validated key from an updated parent": ("copies a key with set listeners", False),
+    "transient parents re-added": ("primary key changed since the object was persistent", False),
+}
+FAILS = {"history when after_flush raises"}
+
+
+@pytest.fixture
+def lifecycle_dsn(database_dsn: str) -> str:
+    create_schema(database_dsn, Base.metadata)
+    return database_dsn
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lifecycle_matches_native(lifecycle_dsn: str, case: str) -> None:
+    native, results = asyncio.run(
+        compare_modes(lifecycle_dsn, CASES[case], MODES, metadata=Base.metadata, setup=setup)
+    )
+    assert (native.error is not None) == (case in FAILS), native.error
+    for label, options, other in results:
+        if options.get("small_flush") != 0 or case in FAILS:
+            continue
+        report = other.reports[-1]
+        assert report is not None, label
+        if case in STAYS_NATIVE:
+            reason, partly = STAYS_NATIVE[case]
+            assert bool(report.accelerated) == partly, (label, report.summary())
+            assert any(reason in f.reason for f in report.fallbacks), report.summary()
+        else:
+            assert report.accelerated, (label, report.summary())
