@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, UniqueConstraint
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state
@@ -498,7 +499,10 @@ class FlushRun:
         # 4. native objects whose key sets are mixed would go row by row: regroup them so
         #    equal key sets are contiguous -- which needs their ids known up front, since
         #    the database would otherwise number them in the new order
-        regroup = _regroup_plan(native, infos) if native and self.options.regroup else {}
+        regroup = {}
+        if native and self.options.regroup:
+            keep_order = {t for t, meta in metas.items() if meta.sequenced_columns}
+            regroup = _regroup_plan(native, infos, keep_order)
 
         self._mark("plan")
         # 5. ids: one round trip for every sequence this flush needs
@@ -1232,7 +1236,7 @@ class FlushRun:
                     dict(meta.column_types),
                     meta.array_columns,
                     False,
-                    no_copy=meta.row_security,
+                    no_copy=meta.row_security or not meta.text_only_columns.isdisjoint(ks),
                 ),
                 [],
                 [],
@@ -1283,7 +1287,10 @@ class FlushRun:
                     [i for i, n in enumerate(all_names) if n not in names],
                 )
 
-        groups: dict[tuple[str, ...], tuple[list[tuple[Any, ...]], list[Any], list[Any]]] = {}
+        # (omitted columns, run) -> rows, their states and specs
+        groups: dict[
+            tuple[tuple[str, ...], int], tuple[list[tuple[Any, ...]], list[Any], list[Any]]
+        ] = {}
         dicts = self._dicts
         simple: dict[int, list[str]] = {}
         for spec_id, (plan, pos, _fill) in plans.items():
@@ -1308,17 +1315,24 @@ class FlushRun:
             if not any(
                 any(map(operator.is_, map(operator.itemgetter(i), rows0), nones)) for i in pk_at
             ):
-                groups[()] = (rows0, sts0, [ts0] * len(sts0))
+                groups[((), 0)] = (rows0, sts0, [ts0] * len(sts0))
                 chunks = []
         if chunks:
             entries = self._row_entries(chunks)
+        # a sequence-drawn column left to its default numbers rows in insert order: keep it
+        in_order = bool(meta.sequenced_columns)
+        run = 0
+        last_okey: tuple[str, ...] | None = None
         for st, ts in entries:
             d = dicts[st]
             keys_s = simple.get(id(ts))
             if keys_s is not None and all(d.get(k) is not None for k in ts.pk_propkeys):
-                g = groups.get(())
+                if in_order and last_okey != ():
+                    run += 1
+                    last_okey = ()
+                g = groups.get(((), run))
                 if g is None:
-                    g = groups[()] = ([], [], [])
+                    g = groups[((), run)] = ([], [], [])
                 g[0].append(tuple(map(d.get, keys_s)))
                 g[1].append(st)
                 g[2].append(ts)
@@ -1371,15 +1385,23 @@ class FlushRun:
             if omitted:
                 okey = tuple(n for n, v in zip(all_names, values, strict=True) if v is _MISSING)
                 values = [v for v in values if v is not _MISSING]
-            g = groups.get(okey)
+            if in_order:
+                # one statement per run of equal key sets, as the unit of work sends them
+                if okey != last_okey:
+                    run += 1
+                    last_okey = okey
+                gkey = (okey, run)
+            else:
+                gkey = (okey, 0)
+            g = groups.get(gkey)
             if g is None:
-                g = groups[okey] = ([], [], [])
+                g = groups[gkey] = ([], [], [])
             g[0].append(tuple(values))
             g[1].append(st)
             g[2].append(ts)
 
         jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]] = []
-        for okey, (rows, sts, tss) in groups.items():
+        for (okey, _run), (rows, sts, tss) in groups.items():
             names = [n for n in all_names if n not in okey]
             eager = sorted({c for ts in specs.values() for c in ts.eager_server_cols} & set(okey))
             returning: list[str] = []
@@ -1414,7 +1436,8 @@ class FlushRun:
                 meta.array_columns,
                 meta.identity_always,
                 fk_pairs or None,
-                no_copy=meta.row_security,
+                column_oids=meta.column_oids,
+                no_copy=meta.row_security or not meta.text_only_columns.isdisjoint(names),
             )
             jobs.append((job, sts, postfetch))
         return jobs
@@ -1426,19 +1449,36 @@ class FlushRun:
         states: list[InstanceState[Any]],
         conn: Connection,
     ) -> None:
-        """Set fetched server defaults, as ``_postfetch`` does with RETURNING rows."""
+        """Set fetched server defaults, as ``_postfetch`` does with RETURNING rows: converted
+        by the columns' result processors first (enums, ``asdecimal``, ``TypeDecorator``
+        results), and matched to their objects by primary key."""
         table = next(t for t in _sa.sorted_tables(states[0].manager.mapper) if t.name == job.name)
         pk_cols = list(table.primary_key.columns)
         npk = len(pk_cols)
         by_pk: dict[tuple[Any, ...], InstanceState[Any]] = {}
         for st in states:
             by_pk[tuple(_sa.get_by_column(st, c) for c in pk_cols)] = st
-        cols = [table.c[name] for name in job.returning[npk:]]
+        all_cols = [table.c[name] for name in job.returning]
+        cols = all_cols[npk:]
+        oids = job.column_oids
+        procs = [_sa.result_processor(c, conn.dialect, oids.get(c.name)) for c in all_cols]
+        if any(procs):
+            returned = [
+                tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True))
+                for row in returned
+            ]
         undo = self._undo
         stage = self._req(("table", table), [table], False)
         keymaps: dict[Any, Mapping[Any, str]] = {}
         for row in returned:
-            st = by_pk[tuple(row[:npk])]
+            st_found = by_pk.get(tuple(row[:npk]))
+            if st_found is None:
+                raise sa_exc.InvalidRequestError(
+                    f"Can't match the rows RETURNING gave for table {table.name} to the objects "
+                    f"written: primary key {tuple(row[:npk])!r} is not one of those sent (does "
+                    "the column's type return another value than the one it was given?)"
+                )
+            st = st_found
             d = self._dicts[st]
             mapper = st.manager.mapper
             c2p = keymaps.get(mapper)
@@ -2050,9 +2090,10 @@ def _runs(seq: list[Any]) -> int:
 
 
 def _regroup_plan(
-    native: list[InstanceState[Any]], infos: dict[Any, MapperInfo]
+    native: list[InstanceState[Any]], infos: dict[Any, MapperInfo], ordered: set[Table]
 ) -> dict[Any, tuple[list[InstanceState[Any]], list[InstanceState[Any]]]]:
-    """Per base mapper with mixed key sets: (its states, the same states regrouped)."""
+    """Per base mapper with mixed key sets: (its states, the same states regrouped).
+    ``ordered``: tables whose rows must keep their order (a column numbered by a sequence)."""
     by_base: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
     for st in native:
         by_base[st.manager.mapper.base_mapper].append(st)
@@ -2067,6 +2108,11 @@ def _regroup_plan(
             for spec in ts.columns
         ):
             # callable defaults are evaluated in insert order: reordering would change them
+            continue
+        if any(
+            ts.table in ordered for m in {s.manager.mapper for s in sts} for ts in infos[m].tables
+        ):
+            # ... and so are the values a sequence gives a column the rows leave out
             continue
         # The unit of work batches consecutive rows *of one table* with equal key sets:
         # regroup only if some table's rows are not already contiguous by key set.

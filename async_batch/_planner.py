@@ -109,17 +109,24 @@ class MapperInfo:
 
 
 _lock = threading.Lock()
-_infos: weakref.WeakKeyDictionary[Mapper[Any], dict[str, MapperInfo]] = weakref.WeakKeyDictionary()
+_MEMO = "_async_batch_mapper_infos"
+# dialects holding a memo (weakly), for clear_cache
+_memo_dialects: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def mapper_info(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
-    with _lock:
-        per = _infos.get(mapper)
-        info = per.get(dialect.name) if per else None
+    """The mapper's facts for this dialect instance: bind processors depend on the engine's
+    own settings (``json_serializer`` and the like), not only on the dialect's name. Kept on
+    the dialect, as SQLAlchemy keeps its per-dialect type memos: the processors' closures
+    refer back to it, which a cache outside it would keep alive forever."""
+    memo: dict[Mapper[Any], MapperInfo] | None = dialect.__dict__.get(_MEMO)
+    info = memo.get(mapper) if memo is not None else None
     if info is None:
         info = _analyze(mapper, dialect)
         with _lock:
-            _infos.setdefault(mapper, {})[dialect.name] = info
+            memo = dialect.__dict__.setdefault(_MEMO, {})
+            memo[mapper] = info
+            _memo_dialects.add(dialect)
     return info
 
 
@@ -277,7 +284,9 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
 
 def clear_cache() -> None:
     with _lock:
-        _infos.clear()
+        for dialect in list(_memo_dialects):
+            dialect.__dict__.pop(_MEMO, None)
+        _memo_dialects.clear()
 
 
 # --- per-flush classification ---------------------------------------------------------------

@@ -210,6 +210,12 @@ def bind_cast_type(col: Column[Any], dialect: Any) -> str | None:
     return str(dialect.type_compiler_instance.process(impl))
 
 
+def result_processor(col: Column[Any], dialect: Any, type_oid: int | None) -> Any:
+    """What a result row applies to this column's raw driver value (``type_oid``: the OID
+    the row's description reports), as ``CursorResult`` does: None when nothing."""
+    return col.type._cached_result_processor(dialect, type_oid)  # noqa: SLF001
+
+
 def mapper_sort_key(mapper: Mapper[Any]) -> str:
     """The key the unit of work sorts its per-mapper actions by before its topological sort."""
     return str(mapper._sort_key)  # noqa: SLF001

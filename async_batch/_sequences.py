@@ -54,11 +54,18 @@ class TableMeta:
     oid: int | None
     """The table the lookup described; the id prefetch re-checks it (``search_path``)."""
     column_types: Mapping[str, str]
-    """column name -> ``format_type`` (for unnest array casts)."""
+    """column name -> its type without modifiers (for unnest array casts)."""
+    column_oids: Mapping[str, int]
+    """column name -> type OID (what a result row's description reports for it)."""
+    text_only_columns: frozenset[str]
+    """Columns asyncpg can only send as text: binary COPY cannot write them."""
     array_columns: frozenset[str]
     defaulted_columns: frozenset[str]
     """Columns for which "omitted from the INSERT" differs from NULL (DEFAULT, identity,
     generated, domain default)."""
+    sequenced_columns: frozenset[str] = frozenset()
+    """Columns other than the id whose default draws from a sequence (identity, serial,
+    ``nextval``): rows omitting them must be inserted in the unit of work's order."""
     triggers: bool = False
     """INSERT triggers (row or statement level): they may change or skip rows, or count
     statements, in ways only the unit of work's own INSERTs reproduce."""
@@ -77,7 +84,10 @@ class TableMeta:
             return f"table {table} has rules"
         if self.retyped:
             col, mapped, actual = self.retyped[0]
-            return f"column {table}.{col} is mapped as {mapped} but is {actual} in the database"
+            return (
+                f"column {table}.{col} is {actual} in the database, and a native INSERT casts "
+                f"its values to {mapped} first"
+            )
         return None
 
 
@@ -92,8 +102,29 @@ SELECT
     WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped) AS ident,
   (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS names,
-  (SELECT array_agg(format_type(a.atttypid, NULL) ORDER BY a.attnum) FROM pg_attribute a
+  -- the unconstrained type, for unnest's array casts: format_type without a typmod names
+  -- character and bit, which in a cast mean character(1) and bit(1)
+  (SELECT array_agg(CASE a.atttypid WHEN 'bpchar'::regtype THEN 'bpchar'
+                                    WHEN 'bit'::regtype THEN 'varbit'
+                                    ELSE format_type(a.atttypid, NULL) END ORDER BY a.attnum)
+     FROM pg_attribute a
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS types,
+  -- as text: an int8[] result would cost asyncpg a type introspection per connection
+  (SELECT array_agg(a.atttypid::text ORDER BY a.attnum) FROM pg_attribute a
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped) AS type_oids,
+  -- columns asyncpg has no binary encoder for (it sends them as text, which binary COPY
+  -- cannot take): anything but an enum or a pg_catalog type with a binary codec, or an
+  -- array of one
+  (SELECT array_agg(a.attname::text) FROM pg_attribute a
+     JOIN pg_type t ON t.oid = a.atttypid
+     JOIN pg_type b ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND NOT (b.typtype = 'e' OR (b.typnamespace = 'pg_catalog'::regnamespace
+               AND b.typname = ANY ('{bool,bytea,char,name,int2,int4,int8,float4,float8,
+                 numeric,text,varchar,bpchar,date,time,timetz,timestamp,timestamptz,interval,
+                 uuid,json,jsonb,jsonpath,inet,cidr,bit,varbit,oid,xid,cid,tid,pg_lsn,
+                 point,line,lseg,box,path,polygon,circle,int4range,int8range,numrange,
+                 tsrange,tstzrange,daterange}'::text[])))) AS text_only,
   (SELECT array_agg(a.attname::text) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND t.typcategory = 'A') AS arrays,
@@ -101,20 +132,40 @@ SELECT
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
            OR (t.typtype = 'd' AND t.typdefault IS NOT NULL))) AS defaulted,
+  -- columns other than the id whose default draws from a sequence: their values follow
+  -- the order rows are inserted in
+  (SELECT array_agg(a.attname::text) FROM pg_attribute a
+     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attname <> $2
+      AND (a.attidentity <> ''
+           OR pg_get_expr(ad.adbin, ad.adrelid) LIKE '%nextval(%')) AS sequenced,
   EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = to_regclass($1)
           AND NOT tg.tgisinternal AND (tg.tgtype & 4) <> 0) AS triggers,
   (SELECT c.relhasrules FROM pg_class c WHERE c.oid = to_regclass($1)) AS rules,
   (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = to_regclass($1)) AS row_security,
-  -- columns whose native bind cast ($n::<mapped type>) is not their own type; strings are
-  -- alike under any string type
-  (SELECT json_agg(json_build_array(a.attname, j.value, format_type(a.atttypid, NULL)))::text
+  -- columns whose native bind cast ($n::<mapped type>) can store something else than a
+  -- value written to the column directly: a cast to another type (strings are alike under
+  -- any string type), or to a type modifier (precision, scale, length) other than the
+  -- column's, or to a length of a string or bit type (an explicit cast truncates or pads
+  -- where storing into the column raises)
+  (SELECT json_agg(json_build_array(a.attname, j.value, format_type(a.atttypid, a.atttypmod)))::text
      FROM pg_attribute a
      JOIN json_each_text($4::text::json) j ON j.key = a.attname
      JOIN pg_type ct ON ct.oid = a.atttypid
      LEFT JOIN pg_type mt ON mt.oid = to_regtype(j.value)
+     LEFT JOIN pg_type me
+       ON me.oid = CASE WHEN mt.typcategory = 'A' THEN mt.typelem ELSE mt.oid END
+     CROSS JOIN LATERAL (SELECT
+       replace(substring(j.value FROM '[(]([^)]*)[)]'), ' ', '') AS mapped_mod,
+       replace(substring(format_type(a.atttypid, a.atttypmod) FROM '[(]([^)]*)[)]'), ' ', '')
+         AS column_mod) m
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-      AND mt.oid IS DISTINCT FROM a.atttypid
-      AND NOT (mt.typcategory = 'S' AND ct.typcategory = 'S')) AS retyped
+      AND ((mt.oid IS DISTINCT FROM a.atttypid
+            AND NOT (mt.typcategory = 'S' AND ct.typcategory = 'S'))
+           OR (m.mapped_mod IS NOT NULL
+               AND (m.mapped_mod IS DISTINCT FROM m.column_mod
+                    OR me.typcategory IN ('S', 'V'))))) AS retyped
 FROM (
   SELECT CASE
     WHEN $3::text IS NOT NULL THEN to_regclass($3::text)
@@ -223,8 +274,8 @@ def table_meta(
         _LOOKUP_SQL,
         (tref, src.column if src else "", src.sequence_ref if src else None, json.dumps(casts)),
     ).one()
-    oid, seq, priv, ident, names, types, arrays, defaulted = row[:8]
-    triggers, rules, row_security, retyped = row[8:]
+    oid, seq, priv, ident, names, types, type_oids, text_only, arrays, defaulted = row[:10]
+    sequenced, triggers, rules, row_security, retyped = row[10:]
     id_reason = None
     if src is None:
         id_reason = "no database-generated integer primary key"
@@ -249,8 +300,11 @@ def table_meta(
         identity_always=ident == "a",
         oid=oid,
         column_types=dict(zip(names or (), types or (), strict=True)),
+        column_oids=dict(zip(names or (), map(int, type_oids or ()), strict=True)),
+        text_only_columns=frozenset(text_only or ()),
         array_columns=frozenset(arrays or ()),
         defaulted_columns=frozenset(defaulted or ()),
+        sequenced_columns=frozenset(sequenced or ()),
         triggers=bool(triggers),
         rules=bool(rules),
         row_security=bool(row_security),

@@ -19,8 +19,8 @@ handling directly; COPY errors are translated by ``_sa.raise_dbapi_error`` the s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -50,9 +50,12 @@ class TableJob:
     """GENERATED ALWAYS identity: explicit ids need OVERRIDING SYSTEM VALUE (COPY takes them)."""
     self_ref: list[tuple[int, int]] | None = None
     """For executemany: (pk index, fk index) pairs of self-referencing foreign keys."""
+    column_oids: Mapping[str, int] = field(default_factory=dict)
+    """column name -> type OID, for the result processing of RETURNING values."""
     no_copy: bool = False
-    """Row-level security is enabled on the table: COPY FROM is refused for the roles it
-    applies to (an INSERT is not)."""
+    """Binary COPY cannot write these rows: row-level security is enabled on the table (COPY
+    FROM is refused for the roles it applies to, an INSERT is not), or a column's type has
+    no binary encoder in asyncpg (citext, hstore, macaddr, money, ...)."""
 
 
 def choose(job: TableJob, forced: str) -> str:

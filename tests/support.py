@@ -72,7 +72,10 @@ def _value(v: Any, index: dict[int, int]) -> Any:
         return ("obj", index.get(id(v), "?"))
     if isinstance(v, ClauseElement):
         return ("sql", type(v).__name__)
-    return v
+    if v is None:
+        return None
+    # by type too: 1.5 == Decimal("1.5"), "happy" != Mood.happy only by luck of the enum
+    return (type(v).__name__, v)
 
 
 def session_state(session: Session, objects: Sequence[Any]) -> list[Any]:

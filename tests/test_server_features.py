@@ -147,8 +147,8 @@ CASES: dict[str, tuple[Any, str | None]] = {
     "row_security": (lambda: [Secured(name=f"s{i}") for i in range(40)], None),
     "mapped_type_differs": (
         lambda: [Moment(at=datetime.datetime(2020, 6, 1, 12, i)) for i in range(40)],
-        "column sf_moment.at is mapped as TIMESTAMP WITHOUT TIME ZONE but is timestamp "
-        "with time zone in the database",
+        "column sf_moment.at is timestamp with time zone in the database, and a native "
+        "INSERT casts its values to TIMESTAMP WITHOUT TIME ZONE first",
     ),
     "bind_processor_raises": (
         lambda: [Typed(label="ok" if i != 20 else "bad") for i in range(40)],

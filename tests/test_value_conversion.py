@@ -1,0 +1,273 @@
+"""Values on their way in and out, native vs every batching mode (found by differential probing).
+
+- Server defaults fetched back by RETURNING go through the columns' result processing (an
+  enum, ``asdecimal=False``, a ``TypeDecorator``'s result, ``Uuid(as_uuid=False)``), and are
+  matched to their objects by the processed primary key.
+- Types asyncpg can only send as text (``macaddr`` here; also citext, hstore, money) are never
+  written by binary COPY.
+- ``CHAR(n)`` written through ``unnest`` keeps its length (a ``character[]`` cast is char(1)).
+- Where a native INSERT casts a value explicitly to the mapped type's modifiers -- ``BIT(n)``
+  (pads), ``ARRAY(String(n))`` (truncates), a ``Numeric(p, s)`` other than the column's -- the
+  objects stay native.
+- A column numbered by a sequence keeps the insert order when key sets are mixed.
+- After a failed flush, an attribute explicitly set to None over a Python default keeps its
+  pending history.
+- Each engine's own ``json_serializer`` is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    ARRAY,
+    CHAR,
+    Identity,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.dialects.postgresql import BIT, JSONB, MACADDR
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from support import Run, compare_modes, create_schema
+from test_property import MODES
+
+from async_batch import enable_async_batching
+from async_batch.testing import sqlalchemy_url
+
+
+class Mood(enum.Enum):
+    happy = "happy"
+    sad = "sad"
+
+
+class Tagged(TypeDecorator[str]):
+    """Result processing only: what RETURNING brings back must go through it."""
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else "R:" + value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+FIXED_UUID = "00000000-0000-0000-0000-00000000abcd"
+
+
+class Fetched(Base):
+    __tablename__ = "vc_fetched"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    mood: Mapped[Mood] = mapped_column(SAEnum(Mood, name="vc_mood"), server_default="happy")
+    num: Mapped[float] = mapped_column(Numeric(10, 2, asdecimal=False), server_default="1.5")
+    tag: Mapped[str] = mapped_column(Tagged, server_default="abc")
+    ref: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), server_default=text(f"'{FIXED_UUID}'::uuid")
+    )
+
+
+class StrKey(Base):
+    __tablename__ = "vc_strkey"
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    status: Mapped[str] = mapped_column(String, server_default="new")
+
+
+class Chars(Base):
+    __tablename__ = "vc_chars"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(CHAR(5))
+    made: Mapped[str] = mapped_column(String, server_default="x")
+
+
+class Bits(Base):
+    __tablename__ = "vc_bits"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    flags: Mapped[str] = mapped_column(BIT(3))
+
+
+class Tags(Base):
+    __tablename__ = "vc_tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(String(3)))
+
+
+class Mac(Base):
+    __tablename__ = "vc_mac"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mac: Mapped[str] = mapped_column(MACADDR)
+
+
+class Amount(Base):
+    """numeric(12, 4) in the database (see the fixture): a migration changed it."""
+
+    __tablename__ = "vc_amount"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+
+
+class Numbered(Base):
+    __tablename__ = "vc_numbered"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seqno: Mapped[int] = mapped_column(Integer, Identity())
+    note: Mapped[str | None] = mapped_column(String, server_default="default")
+
+
+class Defaulted(Base):
+    __tablename__ = "vc_defaulted"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str | None] = mapped_column(String, default="abc")
+    req: Mapped[str] = mapped_column(String)
+
+
+def _commit(make: Callable[[], list[Any]]) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        objs = make()
+        run.track(*objs)
+        run.session.add_all(objs)
+        await run.session.flush()
+        run.snapshot("flush")
+        await run.session.commit()
+        run.snapshot("commit")
+        for o in objs:
+            await run.session.refresh(o)
+        run.snapshot("refresh")
+
+    return workload
+
+
+def _numbered() -> list[Any]:
+    objs = [Numbered() for _ in range(50)]
+    objs[3].note = "explicit"
+    return objs
+
+
+def _defaulted() -> list[Any]:
+    objs = [Defaulted(req="r") for _ in range(50)]
+    objs[0].label = None  # explicit None: the Python default is used
+    objs[40].req = None  # type: ignore[assignment]  # NOT NULL violation: the flush fails
+    return objs
+
+
+CASES: dict[str, Callable[[Run], Any]] = {
+    "returning processed": _commit(lambda: [Fetched(name=f"n{i}") for i in range(40)]),
+    "returning string uuid key": _commit(
+        lambda: [StrKey(id=str(uuid.UUID(int=i + 1))) for i in range(40)]
+    ),
+    "char through unnest": _commit(lambda: [Chars(code="abcde") for _ in range(40)]),
+    "bit explicit cast": _commit(lambda: [Bits(flags="1" if i % 2 else "101") for i in range(40)]),
+    "array of varchar(n)": _commit(lambda: [Tags(tags=["abcdef", "xy"]) for _ in range(40)]),
+    "text-only type": _commit(lambda: [Mac(mac=f"08:00:2b:01:02:{i:02x}") for i in range(40)]),
+    "numeric scale drift": _commit(lambda: [Amount(amount=Decimal("1.2345")) for _ in range(40)]),
+    "sequence-numbered column": _commit(_numbered),
+    "default under explicit None, failing": _commit(_defaulted),
+}
+STAYS_NATIVE = {
+    "bit explicit cast": "casts its values to BIT(3)",
+    "array of varchar(n)": "casts its values to VARCHAR(3)[]",
+    "numeric scale drift": "casts its values to NUMERIC(10, 2)",
+}
+FAILS = {"default under explicit None, failing"}
+
+
+@pytest.fixture
+def values_dsn(database_dsn: str) -> str:
+    create_schema(database_dsn, Base.metadata)
+
+    async def alter() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_dsn))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("ALTER TABLE vc_amount ALTER amount TYPE numeric(12, 4)"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(alter())
+    return database_dsn
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_match_native(values_dsn: str, case: str) -> None:
+    native, results = asyncio.run(
+        compare_modes(
+            values_dsn,
+            CASES[case],
+            MODES,
+            metadata=Base.metadata,
+            sequences=["vc_numbered_seqno_seq"],
+        )
+    )
+    assert (native.error is not None) == (case in FAILS), native.error
+    for label, options, other in results:
+        if options.get("small_flush") != 0 or case in FAILS:
+            continue
+        report = other.reports[0]
+        assert report is not None, label
+        if case in STAYS_NATIVE:
+            assert not report.accelerated, (label, report.summary())
+            assert any(STAYS_NATIVE[case] in f.reason for f in report.fallbacks), report.summary()
+        else:
+            assert report.accelerated, (label, report.summary())
+            assert not report.native, (label, report.summary())
+    if case == "text-only type":
+        strategies = {
+            t.strategy for _l, _o, other in results for r in other.reports if r for t in r.tables
+        }
+        assert "copy" not in strategies, strategies
+    if case == "sequence-numbered column":
+        # the unit of work's three statements (runs of equal key sets), in insert order
+        copy = next(o for label, _opt, o in results if label == "copy")
+        report = copy.reports[0]
+        assert report is not None
+        assert [t.rows for t in report.tables] == [3, 1, 46], report.summary()
+
+
+def _tagging_serializer(obj: Any) -> str:
+    return json.dumps({"wrapped": obj})
+
+
+class Document(Base):
+    __tablename__ = "vc_document"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    doc: Mapped[Any] = mapped_column(JSONB)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["native", "batched"])
+def test_each_engine_uses_its_own_json_serializer(values_dsn: str, batched: bool) -> None:
+    async def main() -> list[str]:
+        plain = create_async_engine(sqlalchemy_url(values_dsn))
+        custom = create_async_engine(
+            sqlalchemy_url(values_dsn), json_serializer=_tagging_serializer
+        )
+        try:
+            for engine, label in ((plain, "plain"), (custom, "custom")):
+                maker = async_sessionmaker(engine)
+                if batched:
+                    enable_async_batching(maker, small_flush=0)
+                async with maker() as s:
+                    s.add_all([Document(doc={"who": label}) for _ in range(20)])
+                    await s.commit()
+            async with plain.connect() as conn:
+                rows = await conn.execute(text("SELECT DISTINCT doc::text FROM vc_document"))
+                return sorted(rows.scalars())
+        finally:
+            await plain.dispose()
+            await custom.dispose()
+
+    assert asyncio.run(main()) == ['{"who": "plain"}', '{"wrapped": {"who": "custom"}}']
