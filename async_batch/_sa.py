@@ -552,10 +552,6 @@ def expire_attributes(state: InstanceState[Any], keys: Iterable[str]) -> None:
     state._expire_attributes(state.dict, keys)  # noqa: SLF001
 
 
-def pop_committed(state: InstanceState[Any], key: str) -> None:
-    state.committed_state.pop(key, None)
-
-
 # --- mapper tables persistence.py uses ---------------------------------------------------------
 
 
