@@ -1169,6 +1169,10 @@ class FlushRun:
                     row[r.name] = get(st, left)
                 for left, r in rel.secondary_pairs:
                     row[r.name] = get(other, left)
+                # the association INSERT's column defaults, row by row in its order
+                for name, kind, dflt, bind in rel.secondary_defaults:
+                    dv = dflt(None) if kind == D_CALLABLE else dflt
+                    row[name] = dv if bind is None else bind(dv)
                 secondary[rel.secondary].append(row)
             seen_pairs.update((rp, other, st) for rp in reverse for st, other in pairs_)
         return secondary

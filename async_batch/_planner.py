@@ -92,6 +92,11 @@ class Relationship:
     pairs: list[tuple[Any, Any]]
     secondary: Table | None
     secondary_pairs: list[tuple[Any, Any]]
+    secondary_defaults: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = field(
+        default_factory=list
+    )
+    """Python defaults of the association table's other columns, which its INSERT fills:
+    (column name, D_SCALAR or D_CALLABLE, the value or callable, bind processor)."""
 
 
 @dataclass
@@ -179,6 +184,15 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
             reasons.append(f"mapped selectable {table} is not a Table")
             continue
         p2c = _sa.propkey_to_col(mapper, table)
+        mapped_cols = set(p2c.values())
+        for col in table.c:
+            if col not in mapped_cols and col.default is not None:
+                # the INSERT of a table fills every column's default, mapped or not (a
+                # single-table sibling's column, an excluded one): only the unit of work's does
+                reasons.append(
+                    f"column {table.name}.{col.name} has a default but is not mapped by "
+                    f"{mapper.class_.__name__}"
+                )
         eval_none = _sa.cols_evaluating_none(mapper, table)
         as_none = _sa.cols_as_none(mapper, table)
         specs: list[ColumnSpec] = []
@@ -257,14 +271,28 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
             reasons.append(f"relationship {prop} uses post_update")
         if prop.mapper.base_mapper is mapper.base_mapper:
             self_ref = True
+        secondary = prop.secondary if isinstance(prop.secondary, Table) else None
+        sec_pairs = list(prop.secondary_synchronize_pairs or ())
+        sec_defaults: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = []
+        if secondary is not None:
+            linked = {r for _l, r in prop.synchronize_pairs} | {r for _l, r in sec_pairs}
+            for col in secondary.c:
+                if col in linked or col.default is None:
+                    continue
+                kind, value, why = _default_kind(col, mapper)
+                if why:
+                    reasons.append(why)
+                elif kind in (D_SCALAR, D_CALLABLE):
+                    sec_defaults.append((col.name, kind, value, _sa.bind_processor(col, dialect)))
         rels.append(
             Relationship(
                 prop=prop,
                 key=prop.key,
                 direction=prop.direction,
                 pairs=list(prop.synchronize_pairs),
-                secondary=prop.secondary if isinstance(prop.secondary, Table) else None,
-                secondary_pairs=list(prop.secondary_synchronize_pairs or ()),
+                secondary=secondary,
+                secondary_pairs=sec_pairs,
+                secondary_defaults=sec_defaults,
             )
         )
         if prop.direction is MANYTOMANY and not isinstance(prop.secondary, Table):

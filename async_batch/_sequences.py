@@ -163,9 +163,14 @@ SELECT
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND ((mt.oid IS DISTINCT FROM a.atttypid
             AND NOT (mt.typcategory = 'S' AND ct.typcategory = 'S'))
-           OR (m.mapped_mod IS NOT NULL
+           -- FLOAT(p) only chooses between real and double precision (compared above)
+           OR (m.mapped_mod IS NOT NULL AND me.oid NOT IN ('float4'::regtype, 'float8'::regtype)
                AND (m.mapped_mod IS DISTINCT FROM m.column_mod
-                    OR me.typcategory IN ('S', 'V'))))) AS retyped
+                    OR me.typcategory IN ('S', 'V')))
+           -- INTERVAL's fields (INTERVAL DAY) are a type modifier without parentheses
+           OR (me.oid = 'interval'::regtype
+               AND replace(lower(j.value), ' ', '')
+                   <> replace(format_type(a.atttypid, a.atttypmod), ' ', '')))) AS retyped
 FROM (
   SELECT CASE
     WHEN $3::text IS NOT NULL THEN to_regclass($3::text)

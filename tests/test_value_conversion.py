@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
 import json
 import uuid
@@ -29,19 +30,23 @@ import pytest
 from sqlalchemy import (
     ARRAY,
     CHAR,
+    Column,
+    Float,
+    ForeignKey,
     Identity,
     Integer,
     MetaData,
     Numeric,
     String,
+    Table,
     TypeDecorator,
     Uuid,
     text,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.dialects.postgresql import BIT, JSONB, MACADDR
+from sqlalchemy.dialects.postgresql import BIT, INTERVAL, JSONB, MACADDR
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from support import Run, compare_modes, create_schema
 from test_property import MODES
 
@@ -129,6 +134,83 @@ class Numbered(Base):
     note: Mapped[str | None] = mapped_column(String, server_default="default")
 
 
+class Animal(Base):
+    """Single-table inheritance: the table's INSERT fills a subclass column's default for
+    every row, base rows included."""
+
+    __tablename__ = "vc_animal"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+
+
+class Dog(Animal):
+    bark: Mapped[str | None] = mapped_column(default="woof")
+    __mapper_args__ = {"polymorphic_identity": "dog"}
+
+
+gadget_table = Table(
+    "vc_gadget",
+    Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(10)),
+    Column("hidden", String(10), default="H"),
+)
+
+
+class Gadget(Base):
+    __table__ = gadget_table
+    __mapper_args__ = {"exclude_properties": ["hidden"]}
+
+
+def _origin() -> str:
+    return "import"
+
+
+post_labels = Table(
+    "vc_post_label",
+    Base.metadata,
+    Column("post_id", ForeignKey("vc_post.id"), primary_key=True),
+    Column("label_id", ForeignKey("vc_label.id"), primary_key=True),
+    Column("note", String(10), default="py"),
+    # a callable: natively called per association row, in an order that follows object
+    # addresses (the dependency processor's set of states), so its value must not depend on it
+    Column("origin", String(10), default=_origin),
+)
+
+
+class Post(Base):
+    __tablename__ = "vc_post"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labels: Mapped[list[Label]] = relationship(secondary=post_labels)
+
+
+class Label(Base):
+    __tablename__ = "vc_label"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Span(Base):
+    """interval in the database (see the fixture); natively cast to INTERVAL DAY."""
+
+    __tablename__ = "vc_span"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    length: Mapped[dt.timedelta] = mapped_column(INTERVAL(fields="DAY"))
+
+
+class Ratio(Base):
+    """FLOAT(24) is real: nothing to cast."""
+
+    __tablename__ = "vc_ratio"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[float] = mapped_column(Float(precision=24))
+
+
+def _posts() -> list[Any]:
+    labels = [Label() for _ in range(5)]
+    return labels + [Post(labels=[labels[i % 5], labels[(i + 1) % 5]]) for i in range(40)]
+
+
 class Defaulted(Base):
     __tablename__ = "vc_defaulted"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -177,13 +259,27 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "numeric scale drift": _commit(lambda: [Amount(amount=Decimal("1.2345")) for _ in range(40)]),
     "sequence-numbered column": _commit(_numbered),
     "default under explicit None, failing": _commit(_defaulted),
+    "default of a sibling's column": _commit(
+        lambda: [Animal() if i % 2 else Dog() for i in range(40)]
+    ),
+    "default of an excluded column": _commit(lambda: [Gadget(name=f"g{i}") for i in range(40)]),
+    "association table defaults": _commit(_posts),
+    "interval fields": _commit(
+        lambda: [Span(length=dt.timedelta(days=1, hours=5)) for _ in range(40)]
+    ),
+    "float precision": _commit(lambda: [Ratio(value=i / 3) for i in range(40)]),
 }
 STAYS_NATIVE = {
     "bit explicit cast": "casts its values to BIT(3)",
     "array of varchar(n)": "casts its values to VARCHAR(3)[]",
     "numeric scale drift": "casts its values to NUMERIC(10, 2)",
+    "default of a sibling's column": "has a default but is not mapped by Animal",
+    "default of an excluded column": "has a default but is not mapped by Gadget",
+    "interval fields": "casts its values to INTERVAL DAY",
 }
 FAILS = {"default under explicit None, failing"}
+# the subclass maps the column: its objects are written by async_batch
+PARTLY_NATIVE = {"default of a sibling's column"}
 
 
 @pytest.fixture
@@ -195,6 +291,7 @@ def values_dsn(database_dsn: str) -> str:
         try:
             async with engine.begin() as conn:
                 await conn.execute(text("ALTER TABLE vc_amount ALTER amount TYPE numeric(12, 4)"))
+                await conn.execute(text("ALTER TABLE vc_span ALTER length TYPE interval"))
         finally:
             await engine.dispose()
 
@@ -220,11 +317,14 @@ def test_values_match_native(values_dsn: str, case: str) -> None:
         report = other.reports[0]
         assert report is not None, label
         if case in STAYS_NATIVE:
-            assert not report.accelerated, (label, report.summary())
+            if case not in PARTLY_NATIVE:
+                assert not report.accelerated, (label, report.summary())
             assert any(STAYS_NATIVE[case] in f.reason for f in report.fallbacks), report.summary()
         else:
             assert report.accelerated, (label, report.summary())
             assert not report.native, (label, report.summary())
+        if case in PARTLY_NATIVE:
+            assert report.accelerated, (label, report.summary())
     if case == "text-only type":
         strategies = {
             t.strategy for _l, _o, other in results for r in other.reports if r for t in r.tables
