@@ -149,11 +149,14 @@ class FlushRun:
         # (state, key, committed value before or _MISSING, stage): committed-state entries
         # we changed (set listeners record one, a Python default's value drops one)
         self._undo_committed: list[tuple[InstanceState[Any], str, Any, int]] = []
+        # (state, what expiring server-default attributes changed, stage)
+        self._undo_expired: list[tuple[InstanceState[Any], Any, int]] = []
         self._plain_attrs: dict[tuple[int, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
         self._parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]] = []
         self.parents_done: list[InstanceState[Any]] = []
+        self._cyclic_idle: set[InstanceState[Any]] = set()
         self._refresh: set[Table] = set()
         self._early_defaults = False
         self._depths: dict[Any, dict[InstanceState[Any], int]] = {}
@@ -163,6 +166,9 @@ class FlushRun:
         self._req_ids: dict[tuple[Any, ...], int] = {}
         self._failed_at: int | None = None
         """Write position of the table whose write failed; None: failed before any write."""
+        self._native_failed: Table | None = None
+        """The unit of work's table whose statement failed after all of ours were written."""
+        self._conn: Connection | None = None
         self._all_written = False
         self._planned: Mapping[Any, list[InstanceState[Any]]] = {}
         self._infos: dict[Any, MapperInfo] = {}
@@ -184,6 +190,7 @@ class FlushRun:
         self._links = {}
         self._parents = []
         self.parents_done = []
+        self._cyclic_idle = set()
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -207,11 +214,24 @@ class FlushRun:
         except BaseException:
             self._revert()
             raise
-        try:
-            native_execute()
-        except BaseException:
-            self._revert()
-            raise
+        if not self._all_written or self._conn is None:
+            try:
+                native_execute()
+            except BaseException:
+                self._revert()
+                raise
+        else:
+            # the unit of work writes the rest: which of its tables fails decides which of
+            # ours it would have written before (see _revert)
+            seen: list[Table] = []
+            try:
+                with _sa.dml_tables(self._conn, seen):
+                    native_execute()
+            except BaseException as err:
+                if isinstance(err, sa_exc.DBAPIError) and seen:
+                    self._native_failed = seen[-1]
+                self._revert()
+                raise
         if self.session.dispatch.after_flush:
             self._record_copies()
 
@@ -278,7 +298,7 @@ class FlushRun:
             report.native = len(states)
             self._fallback("flush", "mappers are bound to more than one connection", len(states))
             return
-        conn = next(iter(conns.values()))
+        conn = self._conn = next(iter(conns.values()))
         dialect = conn.dialect
         if dialect.name != "postgresql" or dialect.driver != "asyncpg":
             report.native = len(states)
@@ -398,16 +418,41 @@ class FlushRun:
                             bad.add(st)
                             reasons.setdefault(m, f"{rel.prop} links to an updated object")
             # persistent objects this flush updates or deletes, and new objects they point to
+            for pst, _isdelete in persistent:
+                pm = pst.manager.mapper
+                if pm not in infos:
+                    infos[pm] = mapper_info(pm, dialect)
+            # mappers whose saves the unit of work may break into one action per object (a
+            # self-reference, or a cycle of foreign keys): it then saves every object a
+            # processed one links to, registered or withheld
+            cyclic = _cyclic_bases(infos) if persistent else set()
+            early_idle: dict[InstanceState[Any], bool] = {}
             for pst, isdelete in persistent:
                 pm = pst.manager.mapper
-                pinfo = infos.get(pm)
-                if pinfo is None:
-                    pinfo = infos[pm] = mapper_info(pm, dialect)
+                pinfo = infos[pm]
                 if not pinfo.relationships:
                     continue
                 for rel, other in related_states(pst, pinfo, pending=True):
                     if other is None or other not in candidate:
                         continue
+                    if (
+                        not isdelete
+                        and pm.base_mapper in cyclic
+                        and other.manager.mapper.base_mapper in cyclic
+                    ):
+                        idle = early_idle.get(pst)
+                        if idle is None:
+                            idle = early_idle[pst] = self._is_idle(pst, infos, candidate)
+                        if not idle:
+                            bad.add(other)
+                            reasons.setdefault(
+                                other.manager.mapper,
+                                f"linked along {rel.prop} to an object this flush updates, "
+                                "among mappers the unit of work saves object by object",
+                            )
+                            continue
+                        # must still be idle once the objects we write are known
+                        self._cyclic_idle.add(pst)
                     if isdelete or rel.direction is MANYTOMANY:
                         bad.add(other)
                         reasons.setdefault(
@@ -484,6 +529,18 @@ class FlushRun:
 
         self._mark("classify")
         fast_set = set(fast)
+        if self._cyclic_idle and fast:
+            idle_now = set(self._idle_parents(fast_set, infos))
+            if not self._cyclic_idle <= idle_now:
+                # a persistent object the unit of work saves object by object still has work
+                # (some of its new children are written natively): it would save ours again
+                for st in fast:
+                    reasons.setdefault(
+                        st.manager.mapper,
+                        "a persistent object of a self-referencing mapper is saved by the "
+                        "unit of work in this flush, with new objects linked to it",
+                    )
+                fast, fast_set, fast_tables = [], set(), []
         native = [s for s in states if s not in fast_set] if len(fast) < len(states) else []
         counts: dict[Any, int] = defaultdict(int)
         for s in native:
@@ -554,8 +611,13 @@ class FlushRun:
             report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
             if returned:
                 self._apply_returning(job, returned, states_for_rows, conn)
-            for st, keys in postfetch:
-                _sa.expire_attributes(st, keys)
+            if postfetch:
+                # server defaults the row got and the flush does not fetch: expired, as the
+                # unit of work expires them once the row is written (undone with the row)
+                stage = self._req(("table", table), [table], False)
+                for st, keys in postfetch:
+                    self._undo_expired.append((st, _sa.expiry_snapshot(st, keys), stage))
+                    _sa.expire_attributes(st, keys)
 
         self._all_written = True
         self._mark("write")
@@ -580,30 +642,33 @@ class FlushRun:
         candidates: dict[InstanceState[Any], None] = {}
         for _rel, parent, _child in self._parents:
             candidates[parent] = None
-        idle: list[InstanceState[Any]] = []
-        uow_states = self.ctx.states
-        for pst in candidates:
-            if uow_states.get(pst) != (False, False):
-                continue
-            mapper = pst.manager.mapper
-            info = infos.get(mapper)
-            if info is None or not _sa.is_plain_for_update(mapper):
-                continue
-            o2m = {r.key: r for r in info.relationships if r.direction is ONETOMANY}
-            changed = set(pst.committed_state) | set(_sa.pending_mutation_keys(pst))
-            if not changed or not changed <= set(o2m):
-                continue
-            ok = True
-            for key in changed:
-                hist = _sa.collection_history(pst, key)
-                if hist.deleted or not all(
-                    obj is not None and instance_state(obj) in fast_set for obj in hist.added
-                ):
-                    ok = False
-                    break
-            if ok:
-                idle.append(pst)
-        return idle
+        return [pst for pst in candidates if self._is_idle(pst, infos, fast_set)]
+
+    def _is_idle(
+        self,
+        pst: InstanceState[Any],
+        infos: dict[Any, MapperInfo],
+        members: set[InstanceState[Any]],
+    ) -> bool:
+        """Whether the persistent state's only change is one-to-many collections that
+        gained objects among ``members`` (so the unit of work has nothing to do with it)."""
+        if self.ctx.states.get(pst) != (False, False):
+            return False
+        mapper = pst.manager.mapper
+        info = infos.get(mapper)
+        if info is None or not _sa.is_plain_for_update(mapper):
+            return False
+        o2m = {r.key for r in info.relationships if r.direction is ONETOMANY}
+        changed = set(pst.committed_state) | set(_sa.pending_mutation_keys(pst))
+        if not changed or not changed <= o2m:
+            return False
+        for key in changed:
+            hist = _sa.collection_history(pst, key)
+            if hist.deleted or not all(
+                obj is not None and instance_state(obj) in members for obj in hist.added
+            ):
+                return False
+        return True
 
     # -- ids -----------------------------------------------------------------------------------
 
@@ -1523,6 +1588,24 @@ class FlushRun:
             )
         return out
 
+    def _native_ancestors(self, failed: Table) -> set[int]:
+        """Write positions of our tables the unit of work writes before its own table
+        ``failed``: the tables of mappers it saves earlier (it orders mappers by their
+        relationships, not by foreign keys alone), and those its mapper writes first."""
+        owner = _table_owners(self._planned, self._infos)
+        failed_owner = _table_owners(self._infos, self._infos).get(failed)
+        if failed_owner is None:
+            return set()
+        ranks = _mapper_ranks(set(owner.values()) | {failed_owner}, self._infos)
+        mine = ranks.get(failed_owner, 0)
+        order = _sa.sorted_tables(failed_owner)
+        before = set(order[: order.index(failed)]) if failed in order else set()
+        return {
+            pos
+            for t, pos in self._table_pos.items()
+            if (t in owner and ranks.get(owner[t], 0) < mine) or t in before
+        }
+
     def _revert(self) -> None:
         """Leave the objects of a failed flush as a native flush failing at the same table
         leaves them. The unit of work writes a table only after the tables its foreign keys
@@ -1536,7 +1619,14 @@ class FlushRun:
         reqs = self._reqs
         failed = self._failed_at
         everything = self._all_written
-        ancestors = self._ancestors(failed) if failed is not None else set()
+        native_failed = self._native_failed
+        if native_failed is not None:
+            # a table of the unit of work's failed after ours were all written: keep what it
+            # would have written before that table
+            everything = False
+            ancestors = self._native_ancestors(native_failed)
+        else:
+            ancestors = self._ancestors(failed) if failed is not None else set()
         verdict: dict[int, bool] = {}
 
         def kept(rid: int) -> bool:
@@ -1545,6 +1635,8 @@ class FlushRun:
                 pos, before = reqs[rid]
                 if everything:
                     found = True
+                elif native_failed is not None:
+                    found = pos <= ancestors
                 elif failed is None:
                     found = False
                 elif before:
@@ -1577,6 +1669,10 @@ class FlushRun:
             else:
                 st.committed_state[key] = before
         self._undo_committed.clear()
+        for st, snapshot, stage in reversed(self._undo_expired):
+            if not kept(stage):
+                _sa.restore_expiry(st, snapshot)
+        self._undo_expired.clear()
         # prefetched ids were set before anything else: restore them last; an object's id
         # stays once its first table was written (natively: RETURNING)
         kept_ids: set[int] = set()
@@ -1790,6 +1886,23 @@ def _check_updates(
             m,
             f"a persistent object's UPDATE of {hit} in this flush must come before these INSERTs",
         )
+
+
+def _cyclic_bases(infos: dict[Any, MapperInfo]) -> set[Any]:
+    """Base mappers the unit of work may save object by object: self-referencing ones, and
+    those whose tables form a cycle of foreign keys with other tables of the flush."""
+    out = {m.base_mapper for m, info in infos.items() if info.self_referential}
+    tables: dict[Table, Any] = {}
+    for m, info in infos.items():
+        for ts in info.tables:
+            tables.setdefault(ts.table, m.base_mapper)
+    ordered = list(sort_tables_and_constraints(list(tables)))  # type: ignore[no-untyped-call]
+    leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
+    for fk in leftover:
+        for t in (fk.table, fk.referred_table):
+            if t in tables:
+                out.add(tables[t])
+    return out
 
 
 def _identity_clashes(

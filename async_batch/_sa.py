@@ -16,6 +16,7 @@ refuses versions this module was not written for.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -23,11 +24,11 @@ import itertools
 import operator
 import textwrap
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, Table, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm import base as orm_base
@@ -214,6 +215,29 @@ def result_processor(col: Column[Any], dialect: Any, type_oid: int | None) -> An
     """What a result row applies to this column's raw driver value (``type_oid``: the OID
     the row's description reports), as ``CursorResult`` does: None when nothing."""
     return col.type._cached_result_processor(dialect, type_oid)  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def dml_tables(connection: Connection, seen: list[Table]) -> Iterator[None]:
+    """Append to ``seen`` the table of every ORM/Core INSERT, UPDATE or DELETE the
+    connection executes inside the block (the last one is the statement that failed, if
+    one did)."""
+
+    def before(
+        _conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any
+    ) -> None:
+        compiled: Any = getattr(context, "compiled", None)
+        if compiled is None or not (compiled.isinsert or compiled.isupdate or compiled.isdelete):
+            return
+        table = getattr(compiled.statement, "table", None)
+        if isinstance(table, Table):
+            seen.append(table)
+
+    event.listen(connection, "before_cursor_execute", before)
+    try:
+        yield
+    finally:
+        event.remove(connection, "before_cursor_execute", before)
 
 
 def mapper_sort_key(mapper: Mapper[Any]) -> str:
@@ -550,6 +574,33 @@ def set_insert_order(state: InstanceState[Any], value: int) -> None:
 
 def expire_attributes(state: InstanceState[Any], keys: Iterable[str]) -> None:
     state._expire_attributes(state.dict, keys)  # noqa: SLF001
+
+
+ExpirySnapshot = tuple[list[str], dict[str, Any], dict[str, Any], set[str], dict[str, Any]]
+
+
+def expiry_snapshot(state: InstanceState[Any], keys: list[str]) -> ExpirySnapshot:
+    """What ``expire_attributes(state, keys)`` changes, to undo it (``restore_expiry``): the
+    keys' values, committed-state entries, expired flags and loader callables."""
+    d = state.dict
+    committed = state.committed_state
+    callables = state.callables
+    return (
+        keys,
+        {k: d[k] for k in keys if k in d},
+        {k: committed[k] for k in keys if k in committed},
+        state.expired_attributes.intersection(keys),
+        {k: callables[k] for k in keys if callables and k in callables},
+    )
+
+
+def restore_expiry(state: InstanceState[Any], snapshot: ExpirySnapshot) -> None:
+    keys, values, committed, expired, callables = snapshot
+    state.expired_attributes.difference_update(set(keys) - expired)
+    state.dict.update(values)
+    state.committed_state.update(committed)
+    if callables:
+        state.callables.update(callables)
 
 
 # --- mapper tables persistence.py uses ---------------------------------------------------------
