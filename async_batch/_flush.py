@@ -359,7 +359,7 @@ class FlushRun:
                 # and this must be known before any id is drawn from a sequence
                 reasons.setdefault(m, "an attribute is set to a SQL expression")
                 sts = [st for st in sts if st not in set(sql)]
-            clash = _identity_clashes(m, sts, dicts, session.identity_map)
+            clash = _identity_clashes(m, sts, dicts, session.identity_map, info)
             if clash:
                 # the unit of work turns a DELETE and an INSERT of one primary key into an
                 # UPDATE (a row switch), warns of a new object taking a persistent one's key,
@@ -1910,17 +1910,20 @@ def _identity_clashes(
     states: list[InstanceState[Any]],
     dicts: dict[InstanceState[Any], dict[str, Any]],
     identity_map: Any,
+    info: MapperInfo,
 ) -> tuple[set[InstanceState[Any]], str] | None:
     """New states whose primary key (set before the flush) is the identity of an object in
-    the session, or whose primary key was another one while they were persistent (their
+    the session, or -- for mappers with collections, whose members the unit of work then
+    re-synchronizes -- whose primary key was another one while they were persistent (their
     committed state holds it: ``make_transient``, then a new key); and why."""
     keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
     no_value = _sa.NO_VALUE
     found: set[InstanceState[Any]] = set()
     why = ""
+    has_members = any(r.direction is not MANYTOONE for r in info.relationships)
     # previous values of the key attributes (NO_VALUE: never had one), in C-level passes
-    committed = list(map(_committed_of, states))
-    for k in keys:
+    committed = list(map(_committed_of, states)) if has_members else []
+    for k in keys if has_members else ():
         before = map(dict.get, committed, itertools.repeat(k), itertools.repeat(no_value))
         if any(map(operator.is_not, before, itertools.repeat(no_value))):
             found.update(
