@@ -214,7 +214,9 @@ class FlushRun:
         except BaseException:
             self._revert()
             raise
-        if not self._all_written or self._conn is None:
+        ours = len(self.fast) + len(self.parents_done)
+        if not self._all_written or self._conn is None or len(self.ctx.states) <= ours:
+            # nothing of ours written, or nothing left for the unit of work to write
             try:
                 native_execute()
             except BaseException:
