@@ -300,3 +300,26 @@ async def compare_modes(
         return native, results
     finally:
         await engine.dispose()
+
+
+def assert_fast_reports(
+    results: Sequence[tuple[str, dict[str, Any], Outcome]],
+    *,
+    native_reason: str | None = None,
+    partly: bool = False,
+    which: int = 0,
+) -> None:
+    """For every mode that runs the fast path at any flush size, the flush report (the
+    ``which``-th snapshot's): all objects accelerated; or, given ``native_reason``, a
+    fallback with that reason and nothing accelerated (``partly``: something still is)."""
+    for label, options, other in results:
+        if options.get("small_flush") != 0:
+            continue
+        report = other.reports[which]
+        assert report is not None, label
+        if native_reason is None:
+            assert report.accelerated, (label, report.summary())
+            assert not report.native, (label, report.summary())
+            continue
+        assert bool(report.accelerated) == partly, (label, report.summary())
+        assert any(native_reason in f.reason for f in report.fallbacks), (label, report.summary())

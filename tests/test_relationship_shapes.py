@@ -44,7 +44,7 @@ from sqlalchemy.orm import (
     selectinload,
     validates,
 )
-from support import Run, compare_modes, create_schema
+from support import Run, assert_fast_reports, compare_modes, create_schema
 from test_property import MODES
 
 from async_batch import enable_async_batching, last_flush
@@ -582,20 +582,7 @@ def test_relationship_shape_matches_native(shapes_dsn: str, case: str) -> None:
             before_run=reset_codes,
         )
     )
-    for label, options, other in results:
-        if options.get("small_flush") != 0:
-            continue
-        report = other.reports[0]
-        assert report is not None, label
-        if case in STAYS_NATIVE:
-            if case in PARTLY_NATIVE:
-                assert report.accelerated, (label, report.summary())
-            else:
-                assert not report.accelerated, (label, report.summary())
-            assert any(STAYS_NATIVE[case] in f.reason for f in report.fallbacks), report.summary()
-        else:
-            assert report.accelerated, (label, report.summary())
-            assert not report.native, (label, report.summary())
+    assert_fast_reports(results, native_reason=STAYS_NATIVE.get(case), partly=case in PARTLY_NATIVE)
 
 
 class Board(Base):

@@ -29,7 +29,7 @@ from sqlalchemy.orm import (
     selectinload,
     validates,
 )
-from support import Run, compare_modes, create_schema
+from support import Run, assert_fast_reports, compare_modes, create_schema
 from test_property import MODES
 
 
@@ -274,14 +274,6 @@ def test_lifecycle_matches_native(lifecycle_dsn: str, case: str) -> None:
         compare_modes(lifecycle_dsn, CASES[case], MODES, metadata=Base.metadata, setup=setup)
     )
     assert (native.error is not None) == (case in FAILS), native.error
-    for label, options, other in results:
-        if options.get("small_flush") != 0 or case in FAILS:
-            continue
-        report = other.reports[-1]
-        assert report is not None, label
-        if case in STAYS_NATIVE:
-            reason, partly = STAYS_NATIVE[case]
-            assert bool(report.accelerated) == partly, (label, report.summary())
-            assert any(reason in f.reason for f in report.fallbacks), report.summary()
-        else:
-            assert report.accelerated, (label, report.summary())
+    if case not in FAILS:
+        reason, partly = STAYS_NATIVE.get(case, (None, False))
+        assert_fast_reports(results, native_reason=reason, partly=partly, which=-1)

@@ -47,7 +47,7 @@ from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects.postgresql import BIT, INTERVAL, JSONB, MACADDR
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from support import Run, compare_modes, create_schema
+from support import Run, assert_fast_reports, compare_modes, create_schema
 from test_property import MODES
 
 from async_batch import enable_async_batching
@@ -311,20 +311,10 @@ def test_values_match_native(values_dsn: str, case: str) -> None:
         )
     )
     assert (native.error is not None) == (case in FAILS), native.error
-    for label, options, other in results:
-        if options.get("small_flush") != 0 or case in FAILS:
-            continue
-        report = other.reports[0]
-        assert report is not None, label
-        if case in STAYS_NATIVE:
-            if case not in PARTLY_NATIVE:
-                assert not report.accelerated, (label, report.summary())
-            assert any(STAYS_NATIVE[case] in f.reason for f in report.fallbacks), report.summary()
-        else:
-            assert report.accelerated, (label, report.summary())
-            assert not report.native, (label, report.summary())
-        if case in PARTLY_NATIVE:
-            assert report.accelerated, (label, report.summary())
+    if case not in FAILS:
+        assert_fast_reports(
+            results, native_reason=STAYS_NATIVE.get(case), partly=case in PARTLY_NATIVE
+        )
     if case == "text-only type":
         strategies = {
             t.strategy for _l, _o, other in results for r in other.reports if r for t in r.tables
