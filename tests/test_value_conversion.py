@@ -27,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy
 from sqlalchemy import (
     ARRAY,
     CHAR,
@@ -278,6 +279,10 @@ STAYS_NATIVE = {
     "interval fields": "casts its values to INTERVAL DAY",
 }
 FAILS = {"default under explicit None, failing"}
+if sqlalchemy.__version__.startswith("2.0."):
+    # SQLAlchemy 2.0's asyncpg dialect passes a BIT value as it is, which asyncpg refuses
+    # (2.1 converts a str); batched, the same error
+    FAILS.add("bit explicit cast")
 # the subclass maps the column: its objects are written by async_batch
 PARTLY_NATIVE = {"default of a sibling's column"}
 
