@@ -244,7 +244,7 @@ class FlushRun:
         Finalizing the flush clears it again."""
         for st, key, old, _stage, copied in self._undo:
             if copied:
-                _sa.record_committed(st, key, None if old is _MISSING else old, old is _MISSING)
+                _record_copy(st, key, old)
 
     def finalize(self, native_finalize: Callable[[], None]) -> None:
         self._mark("native")
@@ -515,8 +515,7 @@ class FlushRun:
                 for rel in info.relationships:
                     if rel.direction is MANYTOMANY and rel.secondary is not None:
                         tset[rel.secondary] = None
-            ordered = list(sort_tables_and_constraints(list(tset)))  # type: ignore[no-untyped-call]
-            leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
+            ordered, leftover = _sort_tables(tset)
             cyc = [fk for fk in leftover if fk.referred_table is not fk.table]
             if cyc:
                 for st in fast:
@@ -525,7 +524,7 @@ class FlushRun:
                     )
                 fast = []
             else:
-                fast_tables = [t for t, _ in ordered if t is not None]
+                fast_tables = ordered
                 if len(fast_tables) > 1:
                     fast_tables = _native_table_order(fast_tables, fast_mappers, infos)
 
@@ -1307,7 +1306,7 @@ class FlushRun:
                     dict(meta.column_types),
                     meta.array_columns,
                     False,
-                    no_copy=meta.row_security or not meta.text_only_columns.isdisjoint(ks),
+                    no_copy=meta.copy_refused(ks),
                 ),
                 [],
                 [],
@@ -1508,7 +1507,7 @@ class FlushRun:
                 meta.identity_always,
                 fk_pairs or None,
                 column_oids=meta.column_oids,
-                no_copy=meta.row_security or not meta.text_only_columns.isdisjoint(names),
+                no_copy=meta.copy_refused(names),
             )
             jobs.append((job, sts, postfetch))
         return jobs
@@ -1654,7 +1653,7 @@ class FlushRun:
                 if copied:
                     # sync.populate sets through the attribute, which records the value
                     # before (an attribute event; ours was a plain dict write)
-                    _sa.record_committed(st, key, None if old is _MISSING else old, old is _MISSING)
+                    _record_copy(st, key, old)
                 continue
             n += 1
             d = st.dict
@@ -1890,6 +1889,20 @@ def _check_updates(
         )
 
 
+def _record_copy(st: InstanceState[Any], key: str, old: Any) -> None:
+    """The committed-state entry ``sync.populate``'s attribute set records for a key we
+    copied with a plain dict write (``old``: the value before, or _MISSING)."""
+    _sa.record_committed(st, key, None if old is _MISSING else old, old is _MISSING)
+
+
+def _sort_tables(tables: Iterable[Table]) -> tuple[list[Table], list[Any]]:
+    """The tables in foreign-key order, and the foreign-key constraints that order could not
+    satisfy (cycles)."""
+    ordered = list(sort_tables_and_constraints(list(tables)))  # type: ignore[no-untyped-call]
+    leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
+    return [t for t, _ in ordered if t is not None], list(leftover)
+
+
 def _cyclic_bases(infos: dict[Any, MapperInfo]) -> set[Any]:
     """Base mappers the unit of work may save object by object: self-referencing ones, and
     those whose tables form a cycle of foreign keys with other tables of the flush."""
@@ -1898,9 +1911,7 @@ def _cyclic_bases(infos: dict[Any, MapperInfo]) -> set[Any]:
     for m, info in infos.items():
         for ts in info.tables:
             tables.setdefault(ts.table, m.base_mapper)
-    ordered = list(sort_tables_and_constraints(list(tables)))  # type: ignore[no-untyped-call]
-    leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
-    for fk in leftover:
+    for fk in _sort_tables(tables)[1]:
         for t in (fk.table, fk.referred_table):
             if t in tables:
                 out.add(tables[t])

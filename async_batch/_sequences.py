@@ -17,7 +17,7 @@ import operator
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +75,11 @@ class TableMeta:
     retyped: tuple[tuple[str, str, str], ...] = ()
     """(column, mapped type, database type) where a native INSERT casts the value to a type
     other than the column's (and a direct write could store something else)."""
+
+    def copy_refused(self, columns: Iterable[str]) -> bool:
+        """Whether binary COPY cannot write these columns: row-level security, or a type
+        asyncpg only sends as text."""
+        return self.row_security or not self.text_only_columns.isdisjoint(columns)
 
     def unfit_reason(self, table: str, trust_triggers: bool = False) -> str | None:
         """Why no row of this table can be written by async_batch, if so."""
