@@ -93,6 +93,34 @@ def _sql_states(
     return [st for st in states if any(_is_sql_type(type(v)) for v in dicts[st].values())]
 
 
+def _uncast_value(
+    states: list[InstanceState[Any]],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    uncast: list[tuple[str, str, Any]],
+) -> str | None:
+    """Why these states must stay native, if an attribute of a column the native batched
+    INSERT sends untyped holds something else than ``str`` once bind-processed (an
+    ``ipaddress`` object for INET, an int for a DOMAIN over integer): asyncpg rejects it
+    there as text, in a batch of several rows whose keys the database generates."""
+    for key, where, bind in uncast:
+        for st in states:
+            v = dicts[st].get(key)
+            if v is None or type(v) is str:
+                continue
+            if bind is not None:
+                try:
+                    v = bind(v)
+                except Exception:  # natively raised too: leave it to the unit of work
+                    return f"column {where}: its value {v!r} fails to bind-process"
+                if v is None or isinstance(v, str):
+                    continue
+            return (
+                f"column {where} holds a {type(v).__name__}, which the native batched INSERT "
+                "sends as an untyped parameter (asyncpg takes only str there)"
+            )
+    return None
+
+
 @dataclass
 class Options:
     strategy: str = "auto"
@@ -151,6 +179,8 @@ class FlushRun:
         self._undo_committed: list[tuple[InstanceState[Any], str, Any, int]] = []
         # (state, what expiring server-default attributes changed, stage)
         self._undo_expired: list[tuple[InstanceState[Any], Any, int]] = []
+        # mappers whose native objects get no prefetched ids (see _uncast_value)
+        self._no_prefetch: set[Any] = set()
         self._plain_attrs: dict[tuple[int, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -344,6 +374,15 @@ class FlushRun:
                 meta_for(ts.table, info)
             if info.id_table is not None:
                 meta_for(info.id_table, info)
+            odd = _uncast_value(sts, dicts, info.uncast) if info.uncast else None
+            if odd:
+                # natively such a value fails in a batch of rows the database numbers (and
+                # not in one row, nor once ids are known): the unit of work decides, with the
+                # ids it would have
+                self._no_prefetch.add(m)
+                if fast_ok:
+                    reasons.setdefault(m, odd)
+                continue
             if not fast_ok:
                 continue
             if info.fast_reason:
@@ -760,8 +799,9 @@ class FlushRun:
                     # a trigger may rewrite the id a native INSERT is given (natively it
                     # comes back through RETURNING); a rule may read the default
                     continue
-                if _sa.has_insert_listeners(m):
-                    # a before_insert hook may assign ids itself; leave it alone
+                if _sa.has_insert_listeners(m) or m in self._no_prefetch:
+                    # a before_insert hook may assign ids itself; leave it alone (and the
+                    # values that fail natively only without ids: _uncast_value)
                     continue
                 if not (
                     mode == "always"

@@ -111,6 +111,9 @@ class MapperInfo:
     tables: list[TableSpec]
     relationships: list[Relationship]
     self_referential: bool
+    uncast: list[tuple[str, str, Callable[[Any], Any] | None]] = field(default_factory=list)
+    """(propkey, "table.column", bind processor) of columns whose parameter a native batched
+    INSERT leaves untyped (``_sa.is_uncast_bind``)."""
 
 
 _lock = threading.Lock()
@@ -179,6 +182,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
 
     col_to_key = _sa.column_to_propkey(mapper)
     tables: list[TableSpec] = []
+    uncast: list[tuple[str, str, Callable[[Any], Any] | None]] = []
     for table in _sa.tables_of(mapper):
         if not isinstance(table, Table):
             reasons.append(f"mapped selectable {table} is not a Table")
@@ -205,6 +209,18 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                 kind, value, why = _default_kind(col, mapper)
             if why and not col.primary_key:
                 reasons.append(why)
+            if _sa.is_uncast_bind(col, dialect):
+                bind = _sa.bind_processor(col, dialect)
+                uncast.append((propkey, f"{table.name}.{col.name}", bind))
+                if kind == D_CALLABLE or (
+                    kind == D_SCALAR and not isinstance(bind(value) if bind else value, str)
+                ):
+                    # the default's value may be one a native batch cannot send (see
+                    # MapperInfo.uncast): only the unit of work's INSERT shows
+                    reasons.append(
+                        f"column {table.name}.{col.name} has a Python default and is bound "
+                        "without a cast"
+                    )
             specs.append(
                 ColumnSpec(
                     column=col,
@@ -307,6 +323,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
         tables=tables,
         relationships=rels,
         self_referential=self_ref,
+        uncast=uncast,
     )
 
 

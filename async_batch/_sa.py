@@ -699,6 +699,14 @@ def has_bind_expression(column: Column[Any]) -> bool:
     return bool(column.type._has_bind_expression)  # noqa: SLF001
 
 
+def is_uncast_bind(column: Column[Any], dialect: Any) -> bool:
+    """Whether the column's parameter is rendered without a cast (``render_bind_cast``):
+    in the VALUES list of an INSERT whose server-generated key orders the rows, the server
+    then types it as text, and asyncpg's text encoder takes only ``str``."""
+    impl = column.type._unwrapped_dialect_impl(dialect)  # noqa: SLF001
+    return bool(dialect._bind_typing_render_casts) and not impl.render_bind_cast  # noqa: SLF001
+
+
 def schema_translate_map(connection: Connection) -> Mapping[str | None, str | None] | None:
     opts = connection.get_execution_options()
     stm: Mapping[str | None, str | None] | None = opts.get("schema_translate_map")

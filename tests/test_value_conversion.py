@@ -13,6 +13,10 @@
 - After a failed flush, an attribute explicitly set to None over a Python default keeps its
   pending history.
 - Each engine's own ``json_serializer`` is used.
+- A value the native batched INSERT sends as an untyped parameter (an ``ipaddress`` object
+  for INET or CIDR, an int for a DOMAIN over integer) that asyncpg takes only as ``str``
+  there: natively a batch of rows whose keys the database generates fails, one row or rows
+  with their keys given do not; such objects stay native, without prefetched ids.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import ipaddress
 import json
 import uuid
 from collections.abc import Callable
@@ -45,7 +50,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.dialects.postgresql import BIT, INTERVAL, JSONB, MACADDR
+from sqlalchemy.dialects.postgresql import BIT, CIDR, DOMAIN, INET, INTERVAL, JSONB, MACADDR
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from support import Run, assert_fast_reports, compare_modes, create_schema
@@ -207,6 +212,43 @@ class Ratio(Base):
     value: Mapped[float] = mapped_column(Float(precision=24))
 
 
+class Host(Base):
+    __tablename__ = "vc_host"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    addr: Mapped[Any] = mapped_column(INET)
+    net: Mapped[Any] = mapped_column(CIDR, nullable=True)
+    gateway: Mapped[Any] = mapped_column(INET, default="10.0.0.254")
+
+
+class Router(Base):
+    """A Python default a native batch of keyed rows sends untyped: natively fine."""
+
+    __tablename__ = "vc_router"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    addr: Mapped[Any] = mapped_column(INET, default=ipaddress.ip_address("10.0.0.1"))
+
+
+class Level(Base):
+    __tablename__ = "vc_level"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    level: Mapped[int] = mapped_column(DOMAIN("vc_positive", Integer, check="VALUE > 0"))
+
+
+def _hosts(objects: bool, keyed: bool = False) -> Callable[[], list[Any]]:
+    def make() -> list[Any]:
+        hosts = []
+        for i in range(40):
+            addr: Any = f"10.0.0.{i}"
+            net: Any = "10.1.0.0/16" if i % 2 else None
+            if objects:
+                addr = ipaddress.ip_address(addr)
+                net = net and ipaddress.ip_network(net)
+            hosts.append(Host(id=1000 + i if keyed else None, addr=addr, net=net))
+        return hosts
+
+    return make
+
+
 def _posts() -> list[Any]:
     labels = [Label() for _ in range(5)]
     return labels + [Post(labels=[labels[i % 5], labels[(i + 1) % 5]]) for i in range(40)]
@@ -269,6 +311,15 @@ CASES: dict[str, Callable[[Run], Any]] = {
         lambda: [Span(length=dt.timedelta(days=1, hours=5)) for _ in range(40)]
     ),
     "float precision": _commit(lambda: [Ratio(value=i / 3) for i in range(40)]),
+    "untyped parameter, str": _commit(_hosts(objects=False)),
+    "untyped parameter, ipaddress objects": _commit(_hosts(objects=True)),
+    "untyped parameter, ipaddress objects, keys given": _commit(_hosts(objects=True, keyed=True)),
+    "untyped parameter, object default, keys given": _commit(
+        lambda: [Router(id=i + 1) for i in range(40)]
+    ),
+    "untyped parameter, domain over integer": _commit(
+        lambda: [Level(level=i + 1) for i in range(40)]
+    ),
 }
 STAYS_NATIVE = {
     "bit explicit cast": "casts its values to BIT(3)",
@@ -277,8 +328,14 @@ STAYS_NATIVE = {
     "default of a sibling's column": "has a default but is not mapped by Animal",
     "default of an excluded column": "has a default but is not mapped by Gadget",
     "interval fields": "casts its values to INTERVAL DAY",
+    "untyped parameter, ipaddress objects, keys given": "vc_host.addr holds a IPv4Address",
+    "untyped parameter, object default, keys given": "has a Python default and is bound without",
 }
-FAILS = {"default under explicit None, failing"}
+FAILS = {
+    "default under explicit None, failing",
+    "untyped parameter, ipaddress objects",
+    "untyped parameter, domain over integer",
+}
 if sqlalchemy.__version__.startswith("2.0."):
     # SQLAlchemy 2.0's asyncpg dialect passes a BIT value as it is, which asyncpg refuses
     # (2.1 converts a str); batched, the same error
