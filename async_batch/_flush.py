@@ -96,28 +96,57 @@ def _sql_states(
 def _uncast_value(
     states: list[InstanceState[Any]],
     dicts: dict[InstanceState[Any], dict[str, Any]],
-    uncast: list[tuple[str, str, Any]],
+    uncast: list[tuple[str, Table, str, Any, Any]],
+    metas: Mapping[Table, TableMeta],
 ) -> str | None:
-    """Why these states must stay native, if an attribute of a column the native batched
-    INSERT sends untyped holds something else than ``str`` once bind-processed (an
-    ``ipaddress`` object for INET, an int for a DOMAIN over integer): asyncpg rejects it
-    there as text, in a batch of several rows whose keys the database generates."""
-    for key, where, bind in uncast:
+    """Why these states must stay native, if a column the native batched INSERT sends as an
+    untyped parameter holds a value, once bind-processed, that only that INSERT handles:
+    something else than ``str`` (an ``ipaddress`` object for INET, an int for a DOMAIN over
+    integer: asyncpg rejects it as text there, in a batch of several rows whose keys the
+    database generates), or a ``str`` the server parses where asyncpg's encoder for the
+    column's type would not take it (a ``point`` or a range given as text)."""
+    for key, table, name, bind, default in uncast:
+        from_str = name in metas[table].from_str_columns
         for st in states:
             v = dicts[st].get(key)
-            if v is None or type(v) is str:
+            if v is None:
+                v = default  # None too: a None value is left out, and the default used
+            if v is None or (from_str and type(v) is str):
                 continue
             if bind is not None:
                 try:
                     v = bind(v)
                 except Exception:  # natively raised too: leave it to the unit of work
-                    return f"column {where}: its value {v!r} fails to bind-process"
-                if v is None or isinstance(v, str):
+                    return f"column {table.name}.{name}: its value {v!r} fails to bind-process"
+                if v is None or (from_str and isinstance(v, str)):
                     continue
             return (
-                f"column {where} holds a {type(v).__name__}, which the native batched INSERT "
-                "sends as an untyped parameter (asyncpg takes only str there)"
+                f"column {table.name}.{name} holds a {type(v).__name__}, which the native "
+                "batched INSERT sends as an untyped parameter"
             )
+    return None
+
+
+def _given_always(
+    states: list[InstanceState[Any]],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    info: MapperInfo,
+    metas: Mapping[Table, TableMeta],
+) -> str | None:
+    """Why these states must stay native, if one gives a value for a GENERATED ALWAYS
+    identity column (a native INSERT fails)."""
+    for ts in info.tables:
+        always = metas[ts.table].always_columns
+        if not always:
+            continue
+        for spec in ts.columns:
+            if spec.name in always:
+                key = spec.propkey
+                if any(dicts[st].get(key) is not None for st in states):
+                    return (
+                        f"a value is given for {ts.table.name}.{spec.name}, a GENERATED "
+                        "ALWAYS identity column"
+                    )
     return None
 
 
@@ -374,7 +403,7 @@ class FlushRun:
                 meta_for(ts.table, info)
             if info.id_table is not None:
                 meta_for(info.id_table, info)
-            odd = _uncast_value(sts, dicts, info.uncast) if info.uncast else None
+            odd = _uncast_value(sts, dicts, info.uncast, metas) if info.uncast else None
             if odd:
                 # natively such a value fails in a batch of rows the database numbers (and
                 # not in one row, nor once ids are known): the unit of work decides, with the
@@ -400,6 +429,13 @@ class FlushRun:
                 # and this must be known before any id is drawn from a sequence
                 reasons.setdefault(m, "an attribute is set to a SQL expression")
                 sts = [st for st in sts if st not in set(sql)]
+            given = _given_always(sts, dicts, info, metas)
+            if given:
+                # PostgreSQL refuses them in an INSERT without OVERRIDING SYSTEM VALUE, as
+                # the unit of work's (COPY and our prefetched ids take them)
+                reasons.setdefault(m, given)
+                self._no_prefetch.add(m)
+                continue
             clash = _identity_clashes(m, sts, dicts, session.identity_map, info)
             if clash:
                 # the unit of work turns a DELETE and an INSERT of one primary key into an

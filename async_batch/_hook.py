@@ -189,6 +189,12 @@ def reserve(session: Session, objects: Iterable[Any]) -> None:
         meta = _sequences.table_meta(conn, info.id_table, info.id_column)
         if not meta.id_ok:
             raise ValueError(f"cannot reserve ids for {mapper.class_.__name__}: {meta.id_reason}")
+        if meta.identity_always:
+            raise ValueError(
+                f"cannot reserve ids for {mapper.class_.__name__}: {info.id_table.name}."
+                f"{info.id_column.name} is GENERATED ALWAYS (an INSERT without OVERRIDING "
+                "SYSTEM VALUE refuses given ids)"
+            )
         src = _sequences.id_source(conn, info.id_table, info.id_column)
         chunks = requests.setdefault(src.key, (src, []))[1]
         if chunks and chunks[-1][0] == info.id_propkey:

@@ -111,9 +111,11 @@ class MapperInfo:
     tables: list[TableSpec]
     relationships: list[Relationship]
     self_referential: bool
-    uncast: list[tuple[str, str, Callable[[Any], Any] | None]] = field(default_factory=list)
-    """(propkey, "table.column", bind processor) of columns whose parameter a native batched
-    INSERT leaves untyped (``_sa.is_uncast_bind``)."""
+    uncast: list[tuple[str, Table, str, Callable[[Any], Any] | None, Any]] = field(
+        default_factory=list
+    )
+    """(propkey, table, column name, bind processor, scalar default or None) of columns whose
+    parameter a native batched INSERT leaves untyped (``_sa.is_uncast_bind``)."""
 
 
 _lock = threading.Lock()
@@ -182,7 +184,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
 
     col_to_key = _sa.column_to_propkey(mapper)
     tables: list[TableSpec] = []
-    uncast: list[tuple[str, str, Callable[[Any], Any] | None]] = []
+    uncast: list[tuple[str, Table, str, Callable[[Any], Any] | None, Any]] = []
     for table in _sa.tables_of(mapper):
         if not isinstance(table, Table):
             reasons.append(f"mapped selectable {table} is not a Table")
@@ -211,14 +213,12 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                 reasons.append(why)
             if _sa.is_uncast_bind(col, dialect):
                 bind = _sa.bind_processor(col, dialect)
-                uncast.append((propkey, f"{table.name}.{col.name}", bind))
-                if kind == D_CALLABLE or (
-                    kind == D_SCALAR and not isinstance(bind(value) if bind else value, str)
-                ):
-                    # the default's value may be one a native batch cannot send (see
+                uncast.append((propkey, table, col.name, bind, value if kind == D_SCALAR else None))
+                if kind == D_CALLABLE:
+                    # its values may be ones a native batch cannot send (see
                     # MapperInfo.uncast): only the unit of work's INSERT shows
                     reasons.append(
-                        f"column {table.name}.{col.name} has a Python default and is bound "
+                        f"column {table.name}.{col.name} has a callable default and is bound "
                         "without a cast"
                     )
             specs.append(

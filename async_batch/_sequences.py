@@ -76,6 +76,12 @@ class TableMeta:
     """(column, mapped type, database type) where a native INSERT casts the value to a type
     other than the column's (and a direct write could store something else)."""
 
+    always_columns: frozenset[str] = frozenset()
+    """GENERATED ALWAYS identity columns: an INSERT (not COPY) refuses values for them."""
+    from_str_columns: frozenset[str] = frozenset()
+    """Columns asyncpg sends from a ``str`` value (string types and types it parses from
+    one, or sends only as text)."""
+
     def copy_refused(self, columns: Iterable[str]) -> bool:
         """Whether binary COPY cannot write these columns: row-level security, or a type
         asyncpg only sends as text."""
@@ -125,14 +131,14 @@ SELECT
      JOIN pg_type b ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND NOT (b.typtype = 'e' OR (b.typnamespace = 'pg_catalog'::regnamespace
-               AND b.typname = ANY ('{bool,bytea,char,name,int2,int4,int8,float4,float8,
-                 numeric,text,varchar,bpchar,date,time,timetz,timestamp,timestamptz,interval,
-                 uuid,json,jsonb,jsonpath,inet,cidr,bit,varbit,oid,xid,cid,tid,pg_lsn,
-                 point,line,lseg,box,path,polygon,circle,int4range,int8range,numrange,
-                 tsrange,tstzrange,daterange}'::text[])))) AS text_only,
+               AND b.typname = ANY (@BINARY@::text[])))) AS text_only,
+  -- columns one unnest() cannot pass: arrays and multiranges (their values are lists; a
+  -- list of lists is one array of more dimensions), composites (unnest expands their fields)
   (SELECT array_agg(a.attname::text) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     LEFT JOIN pg_type b ON b.oid = t.typbasetype
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-      AND t.typcategory = 'A') AS arrays,
+      AND (t.typcategory = 'A' OR t.typtype IN ('m', 'c')
+           OR b.typcategory = 'A' OR b.typtype IN ('m', 'c'))) AS arrays,
   (SELECT array_agg(a.attname::text) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
@@ -145,8 +151,11 @@ SELECT
       AND a.attname <> $2
       AND (a.attidentity <> ''
            OR pg_get_expr(ad.adbin, ad.adrelid) LIKE '%nextval(%')) AS sequenced,
-  EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = to_regclass($1)
-          AND NOT tg.tgisinternal AND (tg.tgtype & 4) <> 0) AS triggers,
+  -- the table's own triggers and its partitions' (rows are routed there)
+  EXISTS (SELECT 1 FROM pg_trigger tg
+           WHERE (tg.tgrelid = to_regclass($1)
+                  OR tg.tgrelid IN (SELECT p.relid FROM pg_partition_tree(to_regclass($1)) p))
+             AND NOT tg.tgisinternal AND (tg.tgtype & 4) <> 0) AS triggers,
   (SELECT c.relhasrules FROM pg_class c WHERE c.oid = to_regclass($1)) AS rules,
   (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = to_regclass($1)) AS row_security,
   -- columns whose native bind cast ($n::<mapped type>) can store something else than a
@@ -175,7 +184,22 @@ SELECT
            -- INTERVAL's fields (INTERVAL DAY) are a type modifier without parentheses
            OR (me.oid = 'interval'::regtype
                AND replace(lower(j.value), ' ', '')
-                   <> replace(format_type(a.atttypid, a.atttypmod), ' ', '')))) AS retyped
+                   <> replace(format_type(a.atttypid, a.atttypmod), ' ', '')))) AS retyped,
+  (SELECT array_agg(a.attname::text) FROM pg_attribute a
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND a.attidentity = 'a') AS always,
+  -- columns whose values asyncpg sends from a str (a string type, or one it parses: json,
+  -- xml, inet, uuid, an enum; or one it can only send as text), domains by their base type
+  (SELECT array_agg(a.attname::text) FROM pg_attribute a
+     JOIN pg_type t0 ON t0.oid = a.atttypid
+     JOIN pg_type t ON t.oid = CASE WHEN t0.typtype = 'd' THEN t0.typbasetype ELSE t0.oid END
+    WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+      AND (t.typcategory = 'S' OR t.typtype = 'e'
+           OR t.oid IN ('json'::regtype, 'jsonb'::regtype, 'jsonpath'::regtype,
+                        'xml'::regtype, 'inet'::regtype, 'cidr'::regtype, 'uuid'::regtype)
+           OR (t.typtype = 'b' AND t.typcategory <> 'A'
+               AND NOT (t.typnamespace = 'pg_catalog'::regnamespace
+                        AND t.typname = ANY (@BINARY@::text[]))))) AS from_str
 FROM (
   SELECT CASE
     WHEN $3::text IS NOT NULL THEN to_regclass($3::text)
@@ -185,6 +209,14 @@ FROM (
   END AS seq
 ) s
 """
+
+# the pg_catalog types asyncpg has a binary codec for (any other base type it sends as text)
+_BINARY_TYPES = """'{bool,bytea,char,name,int2,int4,int8,float4,float8,numeric,text,varchar,
+  bpchar,date,time,timetz,timestamp,timestamptz,interval,uuid,json,jsonb,jsonpath,inet,cidr,
+  bit,varbit,oid,xid,cid,tid,pg_lsn,point,line,lseg,box,path,polygon,circle,int4range,
+  int8range,numrange,tsrange,tstzrange,daterange,int4multirange,int8multirange,nummultirange,
+  tsmultirange,tstzmultirange,datemultirange}'"""
+_LOOKUP_SQL = _LOOKUP_SQL.replace("@BINARY@", _BINARY_TYPES)
 
 # One fixed statement for any number of sequences and ids, prepared once per connection. Input
 # and output are plain text (JSON in, comma-separated ids out): array parameters or results
@@ -285,7 +317,7 @@ def table_meta(
         (tref, src.column if src else "", src.sequence_ref if src else None, json.dumps(casts)),
     ).one()
     oid, seq, priv, ident, names, types, type_oids, text_only, arrays, defaulted = row[:10]
-    sequenced, triggers, rules, row_security, retyped = row[10:]
+    sequenced, triggers, rules, row_security, retyped, always, from_str = row[10:]
     id_reason = None
     if src is None:
         id_reason = "no database-generated integer primary key"
@@ -319,6 +351,8 @@ def table_meta(
         rules=bool(rules),
         row_security=bool(row_security),
         retyped=tuple(tuple(item) for item in (json.loads(retyped) if retyped else ())),
+        always_columns=frozenset(always or ()),
+        from_str_columns=frozenset(from_str or ()),
     )
     with _lock:
         _meta_cache.setdefault(engine, {})[key] = meta

@@ -1,7 +1,9 @@
 """What the server or a type does with an INSERT beyond storing the row, native vs batched.
 
-Triggers (which may rewrite or skip rows, or count statements) and rules keep a table's new
-objects native; a column mapped as another type than the database's (natively every value is
+Triggers (which may rewrite or skip rows, or count statements; a partition's own triggers
+too) and rules keep a table's new objects native, and so do values given for a GENERATED
+ALWAYS identity column (natively refused) and text a column's type is parsed from only by the
+server; a column mapped as another type than the database's (natively every value is
 cast to the mapped type) keeps them native; row-level security rules COPY out; a failing bind
 processor or column default raises ``StatementError``, and a value COPY cannot encode raises
 ``DBAPIError``, as natively.
@@ -14,9 +16,10 @@ import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import DDL, Date, DateTime, ForeignKey, MetaData, String, event
+from sqlalchemy import DDL, Date, DateTime, ForeignKey, Identity, Integer, MetaData, String, event
+from sqlalchemy.dialects.postgresql import INT4MULTIRANGE, Range
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 from support import Run, compare_modes, create_schema
 from test_property import MODES
 
@@ -91,7 +94,77 @@ class Moment(Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("sf_typed.id"))
 
 
+class Parted(Base):
+    """Partitioned; its partition has a BEFORE INSERT trigger rewriting the key."""
+
+    __tablename__ = "sf_parted"
+    __table_args__ = {"postgresql_partition_by": "RANGE (id)"}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class AlwaysKey(Base):
+    __tablename__ = "sf_always_key"
+    id: Mapped[int] = mapped_column(Identity(always=True), primary_key=True)
+    name: Mapped[str]
+
+
+class AlwaysNumbered(Base):
+    __tablename__ = "sf_always_numbered"
+    __mapper_args__ = {"eager_defaults": False}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seqno: Mapped[int] = mapped_column(Integer, Identity(always=True))
+
+
+class Spans(Base):
+    """Multirange values are lists: unnest would take a list of them as one 2-D array."""
+
+    __tablename__ = "sf_spans"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    spans: Mapped[list[Range[int]]] = mapped_column(INT4MULTIRANGE)
+
+
+class PairType(UserDefinedType[Any]):
+    """A composite type (bind cast rendered): unnest would expand its fields."""
+
+    cache_ok = True
+    render_bind_cast = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "sf_pair"
+
+
+class Paired(Base):
+    __tablename__ = "sf_paired"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair: Mapped[Any] = mapped_column(PairType())
+
+
+class PointText(UserDefinedType[Any]):
+    """No bind cast: natively the server parses the text; asyncpg's point encoder would not."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "point"
+
+
+class Located(Base):
+    __tablename__ = "sf_located"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[Any] = mapped_column(PointText())
+
+
+event.listen(Base.metadata, "before_create", DDL("CREATE TYPE sf_pair AS (x integer, y text)"))
+event.listen(Base.metadata, "after_drop", DDL("DROP TYPE IF EXISTS sf_pair"))
+
 for ddl in (
+    "CREATE TABLE sf_parted_a PARTITION OF sf_parted FOR VALUES FROM (1) TO (1000000)",
+    "CREATE TABLE sf_parted_b PARTITION OF sf_parted FOR VALUES FROM (1000000) TO (2000000)",
+    "CREATE FUNCTION sf_part_shift() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.id := NEW.id + 1000; RETURN NEW; END $$",
+    "CREATE TRIGGER sf_part_shift BEFORE INSERT ON sf_parted_a FOR EACH ROW "
+    "EXECUTE FUNCTION sf_part_shift()",
     "CREATE FUNCTION sf_shift() RETURNS trigger LANGUAGE plpgsql AS "
     "$$ BEGIN NEW.id := NEW.id + 1000; RETURN NEW; END $$",
     "CREATE TRIGGER sf_shift BEFORE INSERT ON sf_stamped FOR EACH ROW EXECUTE FUNCTION sf_shift()",
@@ -150,6 +223,28 @@ CASES: dict[str, tuple[Any, str | None]] = {
         "column sf_moment.at is timestamp with time zone in the database, and a native "
         "INSERT casts its values to TIMESTAMP WITHOUT TIME ZONE first",
     ),
+    "partition_trigger": (
+        lambda: [Parted(name=f"p{i}") for i in range(40)],
+        "table sf_parted has INSERT triggers",
+    ),
+    "always_identity_key_given": (
+        lambda: [AlwaysKey(name=f"a{i}", **({"id": 5000} if i == 5 else {})) for i in range(40)],
+        None,  # natively refused: the flush fails (no report), as batched
+    ),
+    "always_identity_column_given": (
+        lambda: [AlwaysNumbered(seqno=100 + i) for i in range(40)],
+        None,  # natively refused: the flush fails (no report), as batched
+    ),
+    "always_identity_key": (lambda: [AlwaysKey(name=f"a{i}") for i in range(40)], None),
+    "multirange": (
+        lambda: [Spans(spans=[Range(1, 3), Range(10, 20 + i)]) for i in range(40)],
+        None,
+    ),
+    "composite": (lambda: [Paired(pair=(i, f"y{i}")) for i in range(40)], None),
+    "text_parsed_by_the_server": (
+        lambda: [Located(at=f"({i},{i + 1})") for i in range(40)],
+        "column sf_located.at holds a str",
+    ),
     "bind_processor_raises": (
         lambda: [Typed(label="ok" if i != 20 else "bad") for i in range(40)],
         None,
@@ -182,6 +277,13 @@ def test_server_feature_matches_native(features_dsn: str, case: str) -> None:
         if case == "row_security" and report is not None and options.get("small_flush") == 0:
             assert report.accelerated, report.summary()
             assert all(t.strategy != "copy" for t in report.tables), report.summary()
+    if case.startswith("always_identity") and case.endswith("_given"):
+        assert native.error == "ProgrammingError"  # cannot insert a non-DEFAULT value
+    elif case in ("always_identity_key", "multirange", "composite"):
+        assert native.error is None
+        accelerated = [o.reports[0] for lbl, opt, o in results if opt.get("small_flush") == 0]
+        assert accelerated, case
+        assert all(r is not None and r.accelerated == 40 for r in accelerated), case
     if case in ("bind_processor_raises",):
         assert native.error == "StatementError"
     if case == "value_copy_cannot_encode":

@@ -329,7 +329,7 @@ STAYS_NATIVE = {
     "default of an excluded column": "has a default but is not mapped by Gadget",
     "interval fields": "casts its values to INTERVAL DAY",
     "untyped parameter, ipaddress objects, keys given": "vc_host.addr holds a IPv4Address",
-    "untyped parameter, object default, keys given": "has a Python default and is bound without",
+    "untyped parameter, object default, keys given": "vc_router.addr holds a IPv4Address",
 }
 FAILS = {
     "default under explicit None, failing",
