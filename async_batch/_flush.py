@@ -202,6 +202,10 @@ class FlushRun:
         self.fast_groups: Mapping[Any, list[InstanceState[Any]]] = {}
         # (state, key, value before, stage, copied by sync.populate): see _revert
         self._undo: list[tuple[InstanceState[Any], str, Any, int, bool]] = []
+        # (states, propkeys): inherited primary keys copied onto the same attribute
+        self._same_copies: list[tuple[list[InstanceState[Any]], list[str]]] = []
+        # (table, state) -> attributes its row loaded, for refresh_flush listeners
+        self._loads: dict[tuple[Table, InstanceState[Any]], list[str]] | None = None
         self._undo_ids: list[_sequences.IdUndo] = []
         # (state, key, committed value before or _MISSING, stage): committed-state entries
         # we changed (set listeners record one, a Python default's value drops one)
@@ -250,6 +254,9 @@ class FlushRun:
         self._parents = []
         self.parents_done = []
         self._cyclic_idle = set()
+        self._same_copies = []
+        self._no_prefetch = set()
+        self._loads = None
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -304,6 +311,12 @@ class FlushRun:
         for st, key, old, _stage, copied in self._undo:
             if copied:
                 _record_copy(st, key, old)
+        dicts = self._dicts
+        for sts, same in self._same_copies:
+            for st in sts:
+                d = dicts[st]
+                for key in same:
+                    _record_copy(st, key, d.get(key, _MISSING))
 
     def finalize(self, native_finalize: Callable[[], None]) -> None:
         self._mark("native")
@@ -575,6 +588,18 @@ class FlushRun:
             _split_callable_tables(by_mapper, infos, bad, reasons)
             fast = [s for s in states if s not in bad]
 
+        # foreign keys no relationship orders: natively the unit of work saves the mappers
+        # in its own order (sort keys), which ours must not change
+        while fast:
+            unordered = _unordered_foreign_keys(fast, by_mapper, infos)
+            if not unordered:
+                break
+            moved = {s for s in fast if s.manager.mapper.base_mapper in unordered}
+            for st in moved:
+                reasons.setdefault(st.manager.mapper, unordered[st.manager.mapper.base_mapper])
+            _spread(moved, links, candidate, reasons)
+            fast = [s for s in fast if s not in moved]
+
         self._mark("links")
         # 3. table order; a cycle between tables stays native
         fast_tables: list[Table] = []
@@ -666,6 +691,10 @@ class FlushRun:
 
         self._mark("prefetch")
         # 6. foreign keys from relationships, association rows, rows per table
+        if any(infos[m].listeners[1] for m in fast_groups):
+            # sqlalchemy.ext.mutable's refresh_flush listeners: fired per written row with
+            # the attributes it loaded, as _postfetch does
+            self._loads = {}
         if self._early_defaults:
             # a key copied along a relationship comes from a Python default: evaluate every
             # Python default now, in the order the rows are built (which the sync below
@@ -687,6 +716,8 @@ class FlushRun:
             report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
             if returned:
                 self._apply_returning(job, returned, states_for_rows, conn)
+            if self._loads:
+                self._refresh_flush(table, states_for_rows)
             if postfetch:
                 # server defaults the row got and the flush does not fetch: expired, as the
                 # unit of work expires them once the row is written (undone with the row)
@@ -1097,6 +1128,8 @@ class FlushRun:
                 undo.append((st, key, d.get(key, _MISSING), stage, False))
                 d[key] = dv
                 self._pop_committed(st, key, stage)
+            if evaluated and self._loads is not None:
+                self._loads.setdefault((ts.table, st), []).extend(k for k, _v in evaluated)
 
     def _req(self, key: tuple[Any, ...], tables: list[Table], before: bool) -> int:
         """The id of a stage (see _revert): after all of ``tables`` are written, or (with
@@ -1208,13 +1241,24 @@ class FlushRun:
                         set_(child, keyof(child, r), get(parent, left), stage)
         # inherited primary keys under another attribute name, for every state first: other
         # states' keys may be copied from them below
+        # (the same attribute too: natively set through it, so its set listeners and
+        # validators fire, and its committed state records the value)
         for m, sts in fast_groups.items():
             equated = [pair for ts in infos[m].tables for pair in ts.equated]
-            for st in sts if equated else ():
+            same = [k for ts in infos[m].tables for k in ts.equated_same]
+            heard: list[str] = []
+            if same and sts:
+                self._same_copies.append((sts, same))
+                heard = [k for k in same if _sa.has_set_listeners(sts[0], k)]
+            for st in sts if equated or heard else ():
                 d = dicts[st]
                 stage = self._stage(st, _AFTER_FIRST)
                 for src_key, dst_key in equated:
                     set_(st, dst_key, d.get(src_key), stage)
+                for k in heard:
+                    v = d.get(k, _MISSING)
+                    self._undo.append((st, k, v, stage, True))
+                    self._set_attr(st, d, k, None if v is _MISSING else v, stage)
         # keyed by ids: a ClassManager's __hash__ is a Python-level method
         key_pairs: dict[tuple[int, int, int], list[tuple[Any, str, str, bool]]] = {}
         undo = self._undo
@@ -1312,9 +1356,8 @@ class FlushRun:
                 for left, r in rel.secondary_pairs:
                     row[r.name] = get(other, left)
                 # the association INSERT's column defaults, row by row in its order
-                for name, kind, dflt, bind in rel.secondary_defaults:
-                    dv = dflt(None) if kind == D_CALLABLE else dflt
-                    row[name] = dv if bind is None else bind(dv)
+                for name, kind, dflt in rel.secondary_defaults:
+                    row[name] = dflt(None) if kind == D_CALLABLE else dflt
                 secondary[rel.secondary].append(row)
             seen_pairs.update((rp, other, st) for rp in reverse for st, other in pairs_)
         return secondary
@@ -1344,6 +1387,22 @@ class FlushRun:
                 continue
             chunks = per_table.get(table)
             if chunks:
+                owned = [
+                    st
+                    for ts, sts in chunks
+                    if sts
+                    and infos[sts[0].manager.mapper].tables[0] is ts
+                    and sts[0].manager.mapper.polymorphic_on is not None
+                    for st in sts
+                ]
+                if owned:
+                    # natively per object of the mapper saving this table, before its INSERT
+                    _sa.sort_by_insert_order(owned)
+                    try:
+                        _sa.validate_polymorphic_identities(owned, self._dicts)
+                    except Exception:  # a warning filter made it an error
+                        self._failed_at = self._table_pos.get(table)
+                        raise
                 meta = metas.get(table) or _sequences.table_meta(conn, table, None)
                 try:
                     built = self._table_jobs(table, tref, schema, meta, chunks)
@@ -1370,6 +1429,25 @@ class FlushRun:
         for rd in rows_d:
             ks = tuple(rd)
             groups[ks].append(tuple(rd.values()))
+        # the association INSERT binds every value with its column's type, as natively
+        dialect = conn.dialect
+        for ks, rows in groups.items():
+            binds: list[tuple[int, Callable[[Any], Any]]] = []
+            for i, k in enumerate(ks):
+                proc = _sa.bind_processor(table.c[k], dialect)
+                if proc is not None:
+                    binds.append((i, proc))
+            if not binds:
+                continue
+            try:
+                for n, row in enumerate(rows):
+                    values = list(row)
+                    for i, bind in binds:
+                        values[i] = bind(values[i])
+                    rows[n] = tuple(values)
+            except Exception as err:
+                self._failed_at = self._table_pos.get(table)
+                _sa.raise_statement_error(conn, err, f"INSERT INTO {tref}")
         return [
             (
                 _writer.TableJob(
@@ -1517,6 +1595,8 @@ class FlushRun:
                     undo.append((st, key, d.get(key, _MISSING), stage, False))
                     d[key] = dv
                     self._pop_committed(st, key, stage)
+                if self._loads is not None:
+                    self._loads.setdefault((table, st), []).extend(k for k, _v in prefetched)
             if pos is not None:
                 vec: list[Any] = [_MISSING] * len(all_names)
                 for i, v in zip(pos, values, strict=True):
@@ -1630,12 +1710,26 @@ class FlushRun:
             c2p = keymaps.get(mapper)
             if c2p is None:
                 c2p = keymaps[mapper] = _sa.column_to_propkey(mapper)
+            loaded = self._loads.setdefault((table, st), []) if self._loads is not None else None
             for col, value in zip(cols, row[npk:], strict=True):
                 key = c2p.get(col)
                 if key is None:
                     continue
                 undo.append((st, key, d.get(key, _MISSING), stage, False))
                 d[key] = value
+                if loaded is not None:
+                    loaded.append(key)
+
+    def _refresh_flush(self, table: Table, states: list[InstanceState[Any]]) -> None:
+        """Fire ``refresh_flush`` for the rows of ``table`` just written, with the attributes
+        each loaded (as ``_postfetch`` does after the table's INSERT; only listeners of
+        ``sqlalchemy.ext.mutable`` get here, see ``_sa.listener_state``)."""
+        loads = self._loads
+        assert loads is not None
+        for st in states:
+            keys = loads.pop((table, st), None)
+            if keys and st.manager.dispatch.refresh_flush:
+                _sa.fire_refresh_flush(st, self.ctx, keys)
 
     # -- failure -------------------------------------------------------------------------------
 
@@ -1870,6 +1964,61 @@ def _native_table_order(
         done.add(nxt)
         pending.remove(nxt)
     return out
+
+
+def _unordered_foreign_keys(
+    fast: list[InstanceState[Any]],
+    by_mapper: Mapping[Any, list[InstanceState[Any]]],
+    infos: dict[Any, MapperInfo],
+) -> dict[Any, str]:
+    """Base mappers whose objects we must leave to the unit of work, with the reason: where
+    a foreign key between two tables of the flush is not the key of a relationship between
+    their mappers, the unit of work does not order their INSERTs by it (it saves the mappers
+    in sort-key order), and neither may we -- ours come before the unit of work's, and our
+    own tables go in foreign-key order."""
+    fast_mappers = set(map(_mapper_of, fast))
+    fast_set = set(fast) if len(fast) < sum(map(len, by_mapper.values())) else None
+    ours: dict[Table, Any] = {}
+    theirs: dict[Table, Any] = {}
+    for m, sts in by_mapper.items():
+        mine = m in fast_mappers
+        native = not mine or (fast_set is not None and any(s not in fast_set for s in sts))
+        for ts in infos[m].tables:
+            if mine:
+                ours.setdefault(ts.table, m.base_mapper)
+            if native:
+                theirs.setdefault(ts.table, m.base_mapper)
+    related: set[frozenset[Any]] = set()
+    for m, info in infos.items():
+        for rel in info.relationships:
+            if rel.direction is not MANYTOMANY:
+                related.add(frozenset((m.base_mapper, rel.prop.mapper.base_mapper)))
+    ranks: dict[Any, int] | None = None
+    clash: dict[Any, str] = {}
+    for t, t_owner in itertools.chain(ours.items(), theirs.items()):
+        for fk in t.foreign_keys:
+            r = fk.column.table
+            r_owner = ours.get(r) or theirs.get(r)
+            if r_owner is None or r_owner is t_owner:
+                continue
+            if frozenset((t_owner, r_owner)) in related:
+                continue
+            if ranks is None:
+                ranks = _mapper_ranks({m.base_mapper for m in by_mapper}, infos)
+            child_first = ranks.get(t_owner, 0) < ranks.get(r_owner, 0)
+            why = (
+                f"foreign key {t.name}.{fk.parent.name} -> {r.name} without a relationship: "
+                f"the unit of work inserts {(t if child_first else r).name} first"
+            )
+            t_ours, r_ours = t in ours, r in ours
+            if t_ours and r_ours and child_first:
+                clash.setdefault(t_owner, why)
+                clash.setdefault(r_owner, why)
+            if t_ours and r in theirs and not child_first:
+                clash.setdefault(t_owner, why)
+            if t in theirs and r_ours and child_first:
+                clash.setdefault(r_owner, why)
+    return clash
 
 
 def _mapper_ranks(bases: set[Any], infos: dict[Any, MapperInfo]) -> dict[Any, int]:

@@ -92,11 +92,9 @@ class Relationship:
     pairs: list[tuple[Any, Any]]
     secondary: Table | None
     secondary_pairs: list[tuple[Any, Any]]
-    secondary_defaults: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = field(
-        default_factory=list
-    )
+    secondary_defaults: list[tuple[str, int, Any]] = field(default_factory=list)
     """Python defaults of the association table's other columns, which its INSERT fills:
-    (column name, D_SCALAR or D_CALLABLE, the value or callable, bind processor)."""
+    (column name, D_SCALAR or D_CALLABLE, the value or callable)."""
 
 
 @dataclass
@@ -111,6 +109,8 @@ class MapperInfo:
     tables: list[TableSpec]
     relationships: list[Relationship]
     self_referential: bool
+    listeners: tuple[bool, int] = (False, 0)
+    """``_sa.listener_state`` when analyzed: analyzed again when it changes."""
     uncast: list[tuple[str, Table, str, Callable[[Any], Any] | None, Any]] = field(
         default_factory=list
     )
@@ -131,7 +131,7 @@ def mapper_info(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
     refer back to it, which a cache outside it would keep alive forever."""
     memo: dict[Mapper[Any], MapperInfo] | None = dialect.__dict__.get(_MEMO)
     info = memo.get(mapper) if memo is not None else None
-    if info is None:
+    if info is None or info.listeners != _sa.listener_state(mapper):
         info = _analyze(mapper, dialect)
         with _lock:
             memo = dialect.__dict__.setdefault(_MEMO, {})
@@ -168,9 +168,10 @@ def _default_kind(col: Column[Any], mapper: Mapper[Any]) -> tuple[int, Any, str 
 
 def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
     reasons: list[str] = []
-    if _sa.has_insert_listeners(mapper):
+    listeners = _sa.listener_state(mapper)
+    if listeners[0]:
         reasons.append("mapper has before_insert/after_insert listeners")
-    if _sa.has_refresh_flush_listeners(mapper):
+    if listeners[1] == 2:
         reasons.append("mapper has refresh_flush listeners")
     if mapper.version_id_col is not None:
         reasons.append("mapper uses version_id_col")
@@ -289,17 +290,19 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
             self_ref = True
         secondary = prop.secondary if isinstance(prop.secondary, Table) else None
         sec_pairs = list(prop.secondary_synchronize_pairs or ())
-        sec_defaults: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = []
+        sec_defaults: list[tuple[str, int, Any]] = []
         if secondary is not None:
             linked = {r for _l, r in prop.synchronize_pairs} | {r for _l, r in sec_pairs}
             for col in secondary.c:
+                if _sa.has_bind_expression(col):
+                    reasons.append(f"column {secondary.name}.{col.name} type has a bind expression")
                 if col in linked or col.default is None:
                     continue
                 kind, value, why = _default_kind(col, mapper)
                 if why:
                     reasons.append(why)
                 elif kind in (D_SCALAR, D_CALLABLE):
-                    sec_defaults.append((col.name, kind, value, _sa.bind_processor(col, dialect)))
+                    sec_defaults.append((col.name, kind, value))
         rels.append(
             Relationship(
                 prop=prop,
@@ -324,6 +327,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
         relationships=rels,
         self_referential=self_ref,
         uncast=uncast,
+        listeners=listeners,
     )
 
 

@@ -675,8 +675,43 @@ def has_insert_listeners(mapper: Mapper[Any]) -> bool:
     return bool(d.before_insert) or bool(d.after_insert)
 
 
-def has_refresh_flush_listeners(mapper: Mapper[Any]) -> bool:
-    return bool(mapper.class_manager.dispatch.refresh_flush)
+def validate_polymorphic_identities(
+    states: Iterable[InstanceState[Any]], dicts: Mapping[InstanceState[Any], dict[str, Any]]
+) -> None:
+    """What ``_organize_states_for_save`` does for each object it saves: warn of a
+    discriminator value its mapper does not accept."""
+    for st in states:
+        mapper = st.manager.mapper
+        validate = mapper._validate_polymorphic_identity  # noqa: SLF001
+        if validate is not None:
+            validate(mapper, st, dicts[st])
+
+
+def _is_mutable_loader(fn: Any) -> bool:
+    """``sqlalchemy.ext.mutable``'s ``refresh_flush`` listener (``load_attrs``): it only wraps
+    the loaded value of its attribute in the mutable type and tracks its parent."""
+    return bool(
+        getattr(fn, "__module__", None) == "sqlalchemy.ext.mutable"
+        and getattr(fn, "__qualname__", "").endswith(".load_attrs")
+    )
+
+
+def listener_state(mapper: Mapper[Any]) -> tuple[bool, int]:
+    """What of the mapper's listeners decides whether its objects can be written by us:
+    ``before_insert``/``after_insert`` listeners, and ``refresh_flush`` ones (0: none, 1: only
+    ``sqlalchemy.ext.mutable``'s, which we fire as ``_postfetch`` does, 2: others).
+    Listeners added after a first flush (a plugin, a fixture) must be seen."""
+    refresh = mapper.class_manager.dispatch.refresh_flush
+    kind = 0
+    if refresh:
+        kind = 1 if all(_is_mutable_loader(fn) for fn in refresh) else 2
+    return has_insert_listeners(mapper), kind
+
+
+def fire_refresh_flush(state: InstanceState[Any], flush_context: Any, keys: list[str]) -> None:
+    """``_postfetch``'s event for attributes a written row loaded (Python defaults it
+    evaluated, server defaults RETURNING fetched)."""
+    state.manager.dispatch.refresh_flush(state, flush_context, keys)
 
 
 def is_context_free_callable(default: Any) -> bool:

@@ -1,0 +1,364 @@
+"""Mapping features around the rows async_batch writes, native vs every batching mode (found by
+differential probing):
+
+- a discriminator its mapper does not accept: natively a warning per object at flush (an
+  error under a warnings filter, which fails the flush);
+- ``before_insert`` listeners added after a first flush of the mapper (a plugin, a fixture):
+  natively they run;
+- association rows bind their values with the association columns' types (a
+  ``TypeDecorator``, an ``Enum`` key);
+- joined inheritance: the inherited primary key is copied onto the same attribute through it,
+  so its ``set`` listeners fire, and an ``after_flush`` listener sees it in the committed state;
+- a foreign key without a relationship: the unit of work inserts the mappers' rows in its own
+  order (sort keys), not the key's;
+- ``sqlalchemy.ext.mutable`` columns (written by async_batch): values a written row loaded
+  (a Python default, a fetched server default) are wrapped and tracked, as the
+  ``refresh_flush`` event does natively, so later in-place changes are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    Column,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.mutable import MutableDict, MutableList
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+from support import Run, assert_fast_reports, compare_modes, create_schema
+from test_property import MODES
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Employee(Base):
+    __tablename__ = "mf_employee"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str]
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": 1}
+
+
+class Engineer(Employee):
+    __mapper_args__ = {"polymorphic_identity": 2}
+
+
+class Ticket(Base):
+    __tablename__ = "mf_ticket"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str]
+    stamp: Mapped[str | None]
+
+
+class Upper(TypeDecorator[str]):
+    """Binds upper-cased: the referenced rows hold upper-case keys."""
+
+    impl = String(10)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else value.upper()
+
+
+class Color(enum.Enum):
+    red = "R"
+    green = "G"
+
+
+item_tags = Table(
+    "mf_item_tag",
+    Base.metadata,
+    Column("item_code", Upper, ForeignKey("mf_item.code"), primary_key=True),
+    Column("tag_code", Upper, ForeignKey("mf_tag.code"), primary_key=True),
+)
+item_paints = Table(
+    "mf_item_paint",
+    Base.metadata,
+    Column("item_code", Upper, ForeignKey("mf_item.code"), primary_key=True),
+    Column("color", Enum(Color, name="mf_color"), ForeignKey("mf_paint.color"), primary_key=True),
+)
+
+
+class Item(Base):
+    __tablename__ = "mf_item"
+    code: Mapped[str] = mapped_column(Upper, primary_key=True)
+    tags: Mapped[list[Tag]] = relationship(secondary=item_tags)
+    paints: Mapped[list[Paint]] = relationship(secondary=item_paints)
+
+
+class Tag(Base):
+    __tablename__ = "mf_tag"
+    code: Mapped[str] = mapped_column(Upper, primary_key=True)
+
+
+class Paint(Base):
+    __tablename__ = "mf_paint"
+    color: Mapped[Color] = mapped_column(Enum(Color, name="mf_color"), primary_key=True)
+
+
+class Person(Base):
+    __tablename__ = "mf_person"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    name: Mapped[str]
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "person"}
+
+
+class Developer(Person):
+    __tablename__ = "mf_developer"
+    id: Mapped[int] = mapped_column(ForeignKey("mf_person.id"), primary_key=True)
+    lang: Mapped[str]
+    __mapper_args__ = {"polymorphic_identity": "developer"}
+
+
+class BParent(Base):
+    """Saved after AChild (sort keys): nothing orders them but the names."""
+
+    __tablename__ = "mf_bparent"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class AChild(Base):
+    __tablename__ = "mf_achild"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("mf_bparent.id"))
+
+
+class AOwner(Base):
+    """Saved before BPet; written natively (a before_insert listener)."""
+
+    __tablename__ = "mf_aowner"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@event.listens_for(AOwner, "before_insert")
+def _noop(_mapper: Any, _conn: Any, _target: Any) -> None:
+    pass
+
+
+class BPet(Base):
+    __tablename__ = "mf_bpet"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("mf_aowner.id"))
+
+
+class AShelf(Base):
+    """Saved before BBook, as the foreign key wants: written by async_batch."""
+
+    __tablename__ = "mf_ashelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class BBook(Base):
+    __tablename__ = "mf_bbook"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("mf_ashelf.id"))
+
+
+class Doc(Base):
+    __tablename__ = "mf_doc"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(MutableDict.as_mutable(JSONB))
+    items: Mapped[list[Any]] = mapped_column(MutableList.as_mutable(JSONB), default=list)
+    meta: Mapped[dict[str, Any]] = mapped_column(
+        MutableDict.as_mutable(JSONB), server_default=text("'{}'::jsonb")
+    )
+
+
+ID_SETS: list[Any] = []
+
+
+@event.listens_for(Person.id, "set", retval=True, propagate=True)
+def _on_id(target: Any, value: Any, _old: Any, _initiator: Any) -> Any:
+    ID_SETS.append((type(target).__name__, value is not None))
+    return value
+
+
+@contextmanager
+def _warnings_into(run: Run) -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        yield
+    for w in log:
+        message = re.sub(r"0x[0-9a-f]+", "0x?", str(w.message))
+        run.events.append(("warning", w.category.__name__, message))
+
+
+def _misfiled() -> list[Any]:
+    objs: list[Any] = [Engineer(name=f"e{i}") for i in range(40)]
+    objs += [Employee(name=f"m{i}") for i in range(10)]
+    objs[3].kind = 99  # no identity of Engineer's
+    objs[45].kind = 2  # Engineer's identity on an Employee
+    return objs
+
+
+async def misfiled_identity(run: Run) -> None:
+    objs = _misfiled()
+    run.track(*objs)
+    run.session.add_all(objs)
+    with _warnings_into(run):
+        await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+    run.snapshot("commit")
+
+
+async def misfiled_identity_strict(run: Run) -> None:
+    objs = _misfiled()
+    run.track(*objs)
+    run.session.add_all(objs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await run.session.flush()  # natively raises the SAWarning: the flush fails
+
+
+def _stamp(_mapper: Any, _conn: Any, target: Any) -> None:
+    target.stamp = "stamped"
+
+
+async def late_listener(run: Run) -> None:
+    first = [Ticket(title=f"a{i}") for i in range(40)]
+    run.session.add_all(first)
+    await run.session.commit()  # analyzed without listeners
+    event.listen(Ticket, "before_insert", _stamp)
+    try:
+        second = [Ticket(title=f"b{i}") for i in range(40)]
+        run.track(*second)
+        run.session.add_all(second)
+        await run.session.flush()
+        run.snapshot("flush")
+        await run.session.commit()
+    finally:
+        event.remove(Ticket, "before_insert", _stamp)
+
+
+async def association_types(run: Run) -> None:
+    tags = [Tag(code=f"t{i}") for i in range(3)]
+    paints = [Paint(color=c) for c in Color]
+    items = [Item(code=f"i{i}", tags=[tags[i % 3]], paints=[paints[i % 2]]) for i in range(40)]
+    run.track(*items, *tags, *paints)
+    run.session.add_all(items)
+    await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+    run.snapshot("commit")
+
+
+async def inherited_key_events(run: Run) -> None:
+    ID_SETS.clear()
+
+    def after_flush(session: Any, _ctx: Any) -> None:
+        for obj in sorted(session.new, key=lambda o: o.name):
+            st = inspect(obj)
+            run.events.append(("after_flush", obj.name, sorted(st.committed_state)))
+
+    event.listen(run.session.sync_session, "after_flush", after_flush)
+    objs = [Developer(name=f"d{i:02}", lang="py") for i in range(40)]
+    run.track(*objs)
+    run.session.add_all(objs)
+    await run.session.flush()
+    run.events.append(("id set events", len(ID_SETS), sorted(set(ID_SETS))))
+    run.snapshot("flush")
+    await run.session.commit()
+
+
+async def mutable_columns(run: Run) -> None:
+    docs = [Doc(data={"n": i}) for i in range(40)]
+    docs[1].items = [1]
+    run.track(*docs)
+    run.session.add_all(docs)
+    docs[0].data["early"] = True  # changed after add, before the flush
+    await run.session.flush()
+    run.snapshot("flush")
+    run.events.append(
+        ("types", sorted({(type(d.items).__name__, type(d.meta).__name__) for d in docs}))
+    )
+    for d in docs[::4]:
+        d.data["after"] = 1  # each tracked: the objects are dirty
+        d.items.append("x")
+        d.meta["m"] = 2
+    run.events.append(("dirty", len(run.session.dirty)))
+    run.snapshot("changed")
+    await run.session.commit()
+    run.snapshot("commit")
+
+
+def _keyed(*make: Callable[[int], Any]) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        objs = [m(i) for m in make for i in range(40)]
+        run.track(*objs)
+        run.session.add_all(objs)
+        await run.session.flush()
+        run.snapshot("flush")
+        await run.session.commit()
+
+    return workload
+
+
+CASES: dict[str, Callable[[Run], Any]] = {
+    "mutable columns": mutable_columns,
+    "foreign key without relationship, child first": _keyed(
+        lambda i: BParent(id=100 + i), lambda i: AChild(parent_id=100 + i)
+    ),
+    "foreign key without relationship, parent first": _keyed(
+        lambda i: BBook(shelf_id=100 + i), lambda i: AShelf(id=100 + i)
+    ),
+    "foreign key without relationship, native parent first": _keyed(
+        lambda i: AOwner(id=100 + i), lambda i: BPet(owner_id=100 + i)
+    ),
+    "misfiled identity": misfiled_identity,
+    "misfiled identity, warnings as errors": misfiled_identity_strict,
+    "listener added after a first flush": late_listener,
+    "association column types": association_types,
+    "inherited key set events": inherited_key_events,
+}
+STAYS_NATIVE = {
+    "listener added after a first flush": "before_insert/after_insert listeners",
+    "foreign key without relationship, native parent first": "mf_bpet.owner_id -> mf_aowner "
+    "without a relationship: the unit of work inserts mf_aowner first",
+}
+
+
+@pytest.fixture
+def mapping_dsn(database_dsn: str) -> str:
+    create_schema(database_dsn, Base.metadata)
+    return database_dsn
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_mapping_feature_matches_native(mapping_dsn: str, case: str) -> None:
+    native, results = asyncio.run(
+        compare_modes(mapping_dsn, CASES[case], MODES, metadata=Base.metadata)
+    )
+    if case == "misfiled identity, warnings as errors":
+        assert native.error == "SAWarning"
+        return
+    if case == "foreign key without relationship, child first":
+        assert native.error == "IntegrityError"  # the children's INSERT runs first
+        return
+    assert native.error is None, native.error
+    assert_fast_reports(results, native_reason=STAYS_NATIVE.get(case))
+    if case == "misfiled identity":
+        assert [e for e in native.events if e[0] == "warning"], native.events
+    if case == "inherited key set events":
+        assert ("id set events", 40, [("Developer", True)]) in native.events
