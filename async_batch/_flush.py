@@ -225,7 +225,7 @@ class FlushRun:
         self._depths: dict[Any, dict[InstanceState[Any], int]] = {}
         self._depth: dict[InstanceState[Any], int] = {}
         self._table_pos: dict[Table, int] = {}
-        self._reqs: list[tuple[frozenset[int], bool]] = []
+        self._reqs: list[tuple[frozenset[int], int]] = []
         self._req_ids: dict[tuple[Any, ...], int] = {}
         self._failed_at: int | None = None
         """Write position of the table whose write failed; None: failed before any write."""
@@ -590,8 +590,10 @@ class FlushRun:
 
         # foreign keys no relationship orders: natively the unit of work saves the mappers
         # in its own order (sort keys), which ours must not change
+        # (and a sequence shared with native objects that get no id in advance)
         while fast:
             unordered = _unordered_foreign_keys(fast, by_mapper, infos)
+            unordered.update(self._unshared_sequences(fast, by_mapper, infos, metas))
             if not unordered:
                 break
             moved = {s for s in fast if s.manager.mapper.base_mapper in unordered}
@@ -706,7 +708,14 @@ class FlushRun:
         self._mark("rows")
         # 7. write, table by table in dependency order
         strategy = self.options.strategy
-        for job, states_for_rows, postfetch, table in jobs:
+        # composite()'s after_insert listeners: fired once the mapper's tables are written
+        finished: dict[Table, list[Any]] = defaultdict(list)
+        for m in fast_groups:
+            if infos[m].listeners[0]:
+                last = max((ts.table for ts in infos[m].tables), key=self._table_pos.__getitem__)
+                finished[last].append(m)
+        last_job = {table: i for i, (_j, _s, _p, table) in enumerate(jobs)} if finished else {}
+        for i, (job, states_for_rows, postfetch, table) in enumerate(jobs):
             chosen = _writer.choose(job, strategy)
             try:
                 returned = _writer.write(conn, job, chosen)
@@ -718,10 +727,13 @@ class FlushRun:
                 self._apply_returning(job, returned, states_for_rows, conn)
             if self._loads:
                 self._refresh_flush(table, states_for_rows)
+            if finished and last_job[table] == i:
+                for m in finished.pop(table, ()):
+                    _sa.fire_after_insert(m, conn, fast_groups[m])
             if postfetch:
                 # server defaults the row got and the flush does not fetch: expired, as the
                 # unit of work expires them once the row is written (undone with the row)
-                stage = self._req(("table", table), [table], False)
+                stage = self._req(("table", table), [table])
                 for st, keys in postfetch:
                     self._undo_expired.append((st, _sa.expiry_snapshot(st, keys), stage))
                     _sa.expire_attributes(st, keys)
@@ -736,6 +748,52 @@ class FlushRun:
         # just wrote: nothing is left for the unit of work to do with them but bookkeeping
         self.parents_done = self._idle_parents(fast_set, infos)
         _sa.withhold_states(self.ctx, _sa.group_by_mapper(self.parents_done))
+
+    def _prefetchable(self, m: Any, info: MapperInfo, metas: Mapping[Table, TableMeta]) -> bool:
+        """Whether the unit of work may be given ids we draw for this mapper's objects."""
+        if info.id_table is None or self.options.prefetch == "never":
+            return False
+        meta = metas[info.id_table]
+        if not meta.id_ok or meta.identity_always:
+            return False
+        if (meta.triggers and not self.options.trust_triggers) or meta.rules:
+            # a trigger may rewrite the id a native INSERT is given (natively it comes back
+            # through RETURNING); a rule may read the default
+            return False
+        # a before_insert hook may assign ids itself; leave it alone (and the values that
+        # fail natively only without ids: _uncast_value, _given_always)
+        return not _sa.has_insert_listeners(m) and m not in self._no_prefetch
+
+    def _unshared_sequences(
+        self,
+        fast: list[InstanceState[Any]],
+        by_mapper: Mapping[Any, list[InstanceState[Any]]],
+        infos: dict[Any, MapperInfo],
+        metas: Mapping[Table, TableMeta],
+    ) -> dict[Any, str]:
+        """Base mappers whose objects we must leave to the unit of work: some of their new
+        objects stay native and can get no id in advance, and the database numbers the
+        base mapper's rows in insert order, ours (drawn up front) and theirs alike."""
+        fast_set = set(fast)
+        out: dict[Any, str] = {}
+        bases = {_mapper_of(s).base_mapper for s in fast}
+        for m, sts in by_mapper.items():
+            base = m.base_mapper
+            info = infos[m]
+            key = info.id_propkey
+            if base not in bases or base in out or key is None:
+                continue
+            native = [s for s in sts if s not in fast_set]
+            if (
+                native
+                and _without(native, self._dicts, key)
+                and not self._prefetchable(m, info, metas)
+            ):
+                out[base] = (
+                    f"shares its id sequence with new {m.class_.__name__} objects the native "
+                    "flush writes without ids drawn in advance"
+                )
+        return out
 
     def _idle_parents(
         self, fast_set: set[InstanceState[Any]], infos: dict[Any, MapperInfo]
@@ -854,21 +912,17 @@ class FlushRun:
             native_groups: dict[Any, list[InstanceState[Any]]] = defaultdict(list)
             for st in native:
                 native_groups[st.manager.mapper].append(st)
+            # the database numbers a base mapper's rows in insert order: ids for all of its
+            # objects the unit of work writes, or for none
+            blocked = {
+                m.base_mapper
+                for m in native_groups
+                if infos[m].id_propkey is not None and not self._prefetchable(m, infos[m], metas)
+            }
             for m, sts in native_groups.items():
                 info = infos[m]
                 key = info.id_propkey
-                if key is None or info.id_table is None:
-                    continue
-                meta = metas[info.id_table]
-                if not meta.id_ok or meta.identity_always:
-                    continue
-                if (meta.triggers and not self.options.trust_triggers) or meta.rules:
-                    # a trigger may rewrite the id a native INSERT is given (natively it
-                    # comes back through RETURNING); a rule may read the default
-                    continue
-                if _sa.has_insert_listeners(m) or m in self._no_prefetch:
-                    # a before_insert hook may assign ids itself; leave it alone (and the
-                    # values that fail natively only without ids: _uncast_value)
+                if key is None or info.id_table is None or m.base_mapper in blocked:
                     continue
                 if not (
                     mode == "always"
@@ -1096,7 +1150,7 @@ class FlushRun:
             chunks = per_table.get(table)
             if not chunks:
                 continue
-            stage = self._req(("table", table), [table], False)
+            stage = self._req(("table", table), [table])
             try:
                 self._defaults_of(self._row_entries(chunks), stage)
             except Exception as err:
@@ -1131,29 +1185,33 @@ class FlushRun:
             if evaluated and self._loads is not None:
                 self._loads.setdefault((ts.table, st), []).extend(k for k, _v in evaluated)
 
-    def _req(self, key: tuple[Any, ...], tables: list[Table], before: bool) -> int:
-        """The id of a stage (see _revert): after all of ``tables`` are written, or (with
-        ``before``) just before the first of them is."""
+    def _req(self, key: tuple[Any, ...], tables: list[Table], mode: int = 0) -> int:
+        """The id of a stage (see _revert): after all of ``tables`` are written
+        (``_REQ_AFTER``), just before the first of them is (``_REQ_BEFORE``), or in a later
+        layer of the unit of work's actions than theirs (``_REQ_LAYER``)."""
         rid = self._req_ids.get(key)
         if rid is None:
             pos = frozenset(self._table_pos[t] for t in tables if t in self._table_pos)
             rid = self._req_ids[key] = len(self._reqs)
-            self._reqs.append((pos, before))
+            self._reqs.append((pos, mode))
         return rid
 
     def _stage(self, st: InstanceState[Any], when: int) -> int:
         """Stage (see _revert) of a change to this object the unit of work makes
         ``_AFTER_SAVED`` (once all its rows are written: a mapper's save), ``_AFTER_FIRST``
-        (once its first, inherited base table is written) or ``_BEFORE_SAVED`` (just before
+        (once its first, inherited base table is written), ``_BEFORE_SAVED`` (just before
         its first table is written: a dependency processor's copy from an object that is not
-        written)."""
+        written) or ``_COPIED`` (a dependency processor's copy from this written object: in
+        the unit of work's next layer of actions after its save)."""
         m = st.manager.mapper
         key = (id(m), when)
         rid = self._req_ids.get(key)
         if rid is None:
             tables = [ts.table for ts in self._infos[m].tables]
             rid = self._req(
-                key, tables if when == _AFTER_SAVED else tables[:1], when == _BEFORE_SAVED
+                key,
+                tables if when in (_AFTER_SAVED, _COPIED) else tables[:1],
+                {_BEFORE_SAVED: _REQ_BEFORE, _COPIED: _REQ_LAYER}.get(when, _REQ_AFTER),
             )
         return rid
 
@@ -1323,7 +1381,7 @@ class FlushRun:
                         hit = last[id(rel)] = (
                             om,
                             pairs_for(rel, src, dst),
-                            stage_of(src, _AFTER_SAVED),
+                            stage_of(src, _COPIED),
                             stage_of(dst, _BEFORE_SAVED),
                         )
                     stage = hit[2] if src.key is None else hit[3]
@@ -1478,7 +1536,7 @@ class FlushRun:
     ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
         """Rows for one table from (spec, states) chunks, one chunk per mapper writing it."""
         undo = self._undo
-        stage = self._req(("table", table), [table], False)
+        stage = self._req(("table", table), [table])
         defaulted = meta.defaulted_columns
         specs: dict[int, TableSpec] = {}
         for ts, _sts in chunks:
@@ -1694,7 +1752,7 @@ class FlushRun:
                 for row in returned
             ]
         undo = self._undo
-        stage = self._req(("table", table), [table], False)
+        stage = self._req(("table", table), [table])
         keymaps: dict[Any, Mapping[Any, str]] = {}
         for row in returned:
             st_found = by_pk.get(tuple(row[:npk]))
@@ -1777,6 +1835,29 @@ class FlushRun:
             if (t in owner and ranks.get(owner[t], 0) < mine) or t in before
         }
 
+    def _layer_check(self, failed: Table | None) -> Callable[[frozenset[int]], bool]:
+        """For a copy along a relationship from the objects of the tables at some positions:
+        whether the unit of work made it before saving ``failed``'s mapper. It copies in the
+        layer of actions after the source mapper's save (``topological.sort_as_subsets``), so
+        a mapper saved in the same layer as the source, after it, fails before the copy."""
+        infos = self._infos
+        owner = _table_owners(self._planned, infos)
+        failed_owner = _table_owners(infos, infos).get(failed) if failed is not None else None
+        if failed_owner is None:
+            return lambda _pos: True
+        layers = _mapper_order(set(owner.values()) | {failed_owner}, infos)[1]
+        mine = layers.get(failed_owner, 0)
+        tables = {p: t for t, p in self._table_pos.items()}
+
+        def check(pos: frozenset[int]) -> bool:
+            for p in pos:
+                src = owner.get(tables[p])
+                if src is not None and src is not failed_owner and layers.get(src, 0) >= mine:
+                    return False
+            return True
+
+        return check
+
     def _revert(self) -> None:
         """Leave the objects of a failed flush as a native flush failing at the same table
         leaves them. The unit of work writes a table only after the tables its foreign keys
@@ -1799,21 +1880,23 @@ class FlushRun:
         else:
             ancestors = self._ancestors(failed) if failed is not None else set()
         verdict: dict[int, bool] = {}
+        failed_table: Table | None = native_failed
+        if failed_table is None and failed is not None:
+            failed_table = next(t for t, p in self._table_pos.items() if p == failed)
+        layered = self._layer_check(failed_table)
 
         def kept(rid: int) -> bool:
             found = verdict.get(rid)
             if found is None:
-                pos, before = reqs[rid]
+                pos, mode = reqs[rid]
                 if everything:
                     found = True
-                elif native_failed is not None:
-                    found = pos <= ancestors
-                elif failed is None:
+                elif native_failed is None and failed is None:
                     found = False
-                elif before:
+                elif mode == _REQ_BEFORE and native_failed is None:
                     found = pos <= ancestors | {failed}
                 else:
-                    found = pos <= ancestors
+                    found = pos <= ancestors and (mode != _REQ_LAYER or layered(pos))
                 verdict[rid] = found
             return found
 
@@ -1906,7 +1989,9 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
-_AFTER_SAVED, _AFTER_FIRST, _BEFORE_SAVED = 0, 1, 2
+_AFTER_SAVED, _AFTER_FIRST, _BEFORE_SAVED, _COPIED = 0, 1, 2, 3
+# how a stage's tables decide it (see _req)
+_REQ_AFTER, _REQ_BEFORE, _REQ_LAYER = 0, 1, 2
 
 
 def _chunks_per_table(
@@ -2022,12 +2107,19 @@ def _unordered_foreign_keys(
 
 
 def _mapper_ranks(bases: set[Any], infos: dict[Any, MapperInfo]) -> dict[Any, int]:
-    """The order in which the unit of work saves these base mappers: its actions sorted by
-    the mapper's ``_sort_key`` (module and class name), then topologically in layers
-    (``topological.sort_as_subsets``), a mapper after those its relationships make it
-    depend on."""
+    """The order in which the unit of work saves these base mappers (``_mapper_order``)."""
+    return _mapper_order(bases, infos)[0]
+
+
+def _mapper_order(
+    bases: set[Any], infos: dict[Any, MapperInfo]
+) -> tuple[dict[Any, int], dict[Any, int]]:
+    """The order in which the unit of work saves these base mappers, and the layer of its
+    actions each save is in: its actions sorted by the mapper's ``_sort_key`` (module and
+    class name), then topologically in layers (``topological.sort_as_subsets``), a mapper
+    after those its relationships make it depend on (their copies, a layer between)."""
     if len(bases) < 2:
-        return {}
+        return {}, {}
     after: dict[Any, set[Any]] = defaultdict(set)
     for m, info in infos.items():
         mb = m.base_mapper
@@ -2042,15 +2134,19 @@ def _mapper_ranks(bases: set[Any], infos: dict[Any, MapperInfo]) -> dict[Any, in
     todo = sorted({m.base_mapper for m in infos} | bases, key=_sa.mapper_sort_key)
     pending = set(todo)
     rank: dict[Any, int] = {}
+    layers: dict[Any, int] = {}
+    depth = 0
     while pending:
         layer = [m for m in todo if pending.isdisjoint(after[m])]
         if not layer:  # a cycle between mappers: the rest in sort-key order
             layer = [m for m in todo if m in pending]
         for m in layer:
             rank[m] = len(rank)
+            layers[m] = depth
+        depth += 1
         pending.difference_update(layer)
         todo = [m for m in todo if m in pending]
-    return rank
+    return rank, layers
 
 
 def _unfit_tables(

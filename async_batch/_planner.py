@@ -109,7 +109,7 @@ class MapperInfo:
     tables: list[TableSpec]
     relationships: list[Relationship]
     self_referential: bool
-    listeners: tuple[bool, int] = (False, 0)
+    listeners: tuple[int, int] = (0, 0)
     """``_sa.listener_state`` when analyzed: analyzed again when it changes."""
     uncast: list[tuple[str, Table, str, Callable[[Any], Any] | None, Any]] = field(
         default_factory=list
@@ -169,7 +169,7 @@ def _default_kind(col: Column[Any], mapper: Mapper[Any]) -> tuple[int, Any, str 
 def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
     reasons: list[str] = []
     listeners = _sa.listener_state(mapper)
-    if listeners[0]:
+    if listeners[0] == 2:
         reasons.append("mapper has before_insert/after_insert listeners")
     if listeners[1] == 2:
         reasons.append("mapper has refresh_flush listeners")

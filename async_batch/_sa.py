@@ -188,13 +188,20 @@ def _weakly_bound(owner: Any, method: Callable[[], None]) -> Callable[[], None]:
 
 
 def changed_columns(state: InstanceState[Any]) -> list[Any]:
-    """The columns of a persistent object's changed column attributes (what its UPDATE sets)."""
+    """The columns of a persistent object's changed column attributes (what its UPDATE sets):
+    an attribute in the committed state whose value is not equal to the committed one
+    (``_collect_update_commands``; ``merge()`` leaves unchanged ones there)."""
     attrs = state.manager.mapper.column_attrs
+    manager = state.manager
+    d = state.dict
     out: list[Any] = []
-    for key in state.committed_state:
+    for key, before in state.committed_state.items():
         prop = attrs.get(key)
-        if prop is not None:
-            out.extend(c for c in prop.columns if isinstance(c, Column))
+        if prop is None:
+            continue
+        if key in d and manager[key].impl.is_equal(d[key], before) is True:
+            continue
+        out.extend(c for c in prop.columns if isinstance(c, Column))
     return out
 
 
@@ -347,14 +354,15 @@ def register_persistent(
             else:
                 ident = tuple([d.get(k) for k in keys])
                 partial = None in ident
-            # a pending state's identity token is None (no key yet)
-            key = (identity_class, ident, None)
-            if partial or state.key is not None or id_dict.setdefault(key, state) is not state:
-                slow.add(state)
-                continue
             # the attributes InstanceState keeps in its __dict__ (plain class-level defaults,
             # no descriptors), set as _register_persistent and _commit_all_states set them
             sd = state.__dict__
+            # the identity token: None, unless the object was loaded with one (and then made
+            # transient)
+            key = (identity_class, ident, sd.get("identity_token"))
+            if partial or state.key is not None or id_dict.setdefault(key, state) is not state:
+                slow.add(state)
+                continue
             sd.update(common)
             sd["key"] = key
             state.committed_state.clear()
@@ -366,16 +374,22 @@ def register_persistent(
             adopted.append(state)
     if modified:
         modified.difference_update(adopted)
+    # those still pending (an after_flush listener may have expunged some): the others are
+    # "altered" as persistent ones, and get no pending_to_persistent event
+    pending = [st for st in adopted if st in new] if adopted else adopted
     if trans is not None:
-        _weak_keys_set(trans._new, adopted, True)  # noqa: SLF001
+        _weak_keys_set(trans._new, pending, True)  # noqa: SLF001
+        if len(pending) < len(adopted):
+            kept = set(pending)
+            _weak_keys_set(trans._dirty, [st for st in adopted if st not in kept], True)  # noqa: SLF001
     if p2p is not None:
-        for state in adopted:
+        for state in pending:
             p2p(session, state)
-    if p2p is None and len(adopted) == len(new):
+    if p2p is None and len(pending) == len(new):
         # every pending object was adopted (each was pending once; no listener ran since)
         new.clear()
     else:
-        _consume(map(new.pop, adopted, itertools.repeat(None)))
+        _consume(map(new.pop, pending, itertools.repeat(None)))
     if slow:
         session._register_persistent(slow)  # noqa: SLF001
 
@@ -696,16 +710,48 @@ def _is_mutable_loader(fn: Any) -> bool:
     )
 
 
-def listener_state(mapper: Mapper[Any]) -> tuple[bool, int]:
-    """What of the mapper's listeners decides whether its objects can be written by us:
-    ``before_insert``/``after_insert`` listeners, and ``refresh_flush`` ones (0: none, 1: only
-    ``sqlalchemy.ext.mutable``'s, which we fire as ``_postfetch`` does, 2: others).
+def _is_composite_handler(fn: Any) -> bool:
+    """A ``composite()``'s ``after_insert`` listener (``insert_update_handler``, in
+    ``MapperEvents``' wrapper): it only drops the composite's cached value from the
+    instance dict."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and "fn" in code.co_freevars and fn.__closure__:
+        try:
+            fn = fn.__closure__[code.co_freevars.index("fn")].cell_contents
+        except ValueError:  # an empty cell
+            return False
+    return bool(
+        getattr(fn, "__module__", None) == "sqlalchemy.orm.descriptor_props"
+        and getattr(fn, "__qualname__", "").endswith(
+            "CompositeProperty._setup_event_handlers.<locals>.insert_update_handler"
+        )
+    )
+
+
+def listener_state(mapper: Mapper[Any]) -> tuple[int, int]:
+    """What of the mapper's listeners decides whether its objects can be written by us,
+    each 0 (none), 1 (only SQLAlchemy's own, which we fire as the unit of work does) or 2
+    (others): ``before_insert``/``after_insert`` listeners (1: ``composite()``'s
+    ``after_insert``), and ``refresh_flush`` ones (1: ``sqlalchemy.ext.mutable``'s).
     Listeners added after a first flush (a plugin, a fixture) must be seen."""
+    d = mapper.dispatch
+    insert = 0
+    if d.before_insert:
+        insert = 2
+    elif d.after_insert:
+        insert = 1 if all(_is_composite_handler(fn) for fn in d.after_insert) else 2
     refresh = mapper.class_manager.dispatch.refresh_flush
     kind = 0
     if refresh:
         kind = 1 if all(_is_mutable_loader(fn) for fn in refresh) else 2
-    return has_insert_listeners(mapper), kind
+    return insert, kind
+
+
+def fire_after_insert(mapper: Mapper[Any], connection: Connection, states: Iterable[Any]) -> None:
+    """``_finalize_insert_update_commands``' event for rows written."""
+    after_insert = mapper.dispatch.after_insert
+    for st in states:
+        after_insert(mapper, connection, st)
 
 
 def fire_refresh_flush(state: InstanceState[Any], flush_context: Any, keys: list[str]) -> None:

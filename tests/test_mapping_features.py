@@ -11,6 +11,11 @@ differential probing):
   so its ``set`` listeners fire, and an ``after_flush`` listener sees it in the committed state;
 - a foreign key without a relationship: the unit of work inserts the mappers' rows in its own
   order (sort keys), not the key's;
+- a base mapper whose new objects are split between native ones that get no ids in advance
+  (a ``before_insert`` listener on the base mapper only) and others: the database numbers all
+  of them in insert order, so all stay native;
+- ``composite()`` attributes (written by async_batch): the cached composite value is dropped
+  once the rows are written, as its ``after_insert`` listener does natively;
 - ``sqlalchemy.ext.mutable`` columns (written by async_batch): values a written row loaded
   (a Python default, a fetched server default) are wrapped and tracked, as the
   ``refresh_flush`` event does natively, so later in-place changes are flushed.
@@ -19,6 +24,7 @@ differential probing):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import re
 import warnings
@@ -41,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.mutable import MutableDict, MutableList
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, composite, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 from support import Run, assert_fast_reports, compare_modes, create_schema
 from test_property import MODES
@@ -185,6 +191,47 @@ class Doc(Base):
     )
 
 
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Spot(Base):
+    __tablename__ = "mf_spot"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    x: Mapped[int]
+    y: Mapped[int] = mapped_column(default=7)
+    at: Mapped[Point] = composite("x", "y")
+
+
+class Pin(Spot):
+    """Joined inheritance below a mapper with a composite."""
+
+    __tablename__ = "mf_pin"
+    id: Mapped[int] = mapped_column(ForeignKey("mf_spot.id"), primary_key=True)
+    label: Mapped[str]
+
+
+class Sign(Base):
+    __tablename__ = "mf_sign"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    x: Mapped[int]
+
+
+class Banner(Sign):
+    """No listener of its own (Sign's is not propagated)."""
+
+    __tablename__ = "mf_banner"
+    id: Mapped[int] = mapped_column(ForeignKey("mf_sign.id"), primary_key=True)
+    label: Mapped[str]
+
+
+@event.listens_for(Sign, "before_insert")
+def _sign_hook(_mapper: Any, _conn: Any, _target: Any) -> None:
+    pass
+
+
 ID_SETS: list[Any] = []
 
 
@@ -303,6 +350,18 @@ async def mutable_columns(run: Run) -> None:
     run.snapshot("commit")
 
 
+async def composite_attributes(run: Run) -> None:
+    spots = [Spot(at=Point(i, i)) for i in range(20)] + [Spot(x=i) for i in range(10)]
+    spots += [Pin(at=Point(i, 0), label=f"p{i}") for i in range(20)]
+    run.track(*spots)
+    run.session.add_all(spots)
+    await run.session.flush()
+    run.events.append(("cached", ["at" in s.__dict__ for s in spots]))
+    run.events.append(("values", [s.at for s in spots]))
+    run.snapshot("flush")
+    await run.session.commit()
+
+
 def _keyed(*make: Callable[[int], Any]) -> Callable[[Run], Any]:
     async def workload(run: Run) -> None:
         objs = [m(i) for m in make for i in range(40)]
@@ -317,6 +376,10 @@ def _keyed(*make: Callable[[int], Any]) -> Callable[[Run], Any]:
 
 CASES: dict[str, Callable[[Run], Any]] = {
     "mutable columns": mutable_columns,
+    "composite attributes": composite_attributes,
+    "sequence shared with native objects": _keyed(
+        lambda i: Sign(x=i), lambda i: Banner(x=i, label="b")
+    ),
     "foreign key without relationship, child first": _keyed(
         lambda i: BParent(id=100 + i), lambda i: AChild(parent_id=100 + i)
     ),
@@ -333,6 +396,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "inherited key set events": inherited_key_events,
 }
 STAYS_NATIVE = {
+    "sequence shared with native objects": "shares its id sequence with new Sign objects",
     "listener added after a first flush": "before_insert/after_insert listeners",
     "foreign key without relationship, native parent first": "mf_bpet.owner_id -> mf_aowner "
     "without a relationship: the unit of work inserts mf_aowner first",

@@ -8,7 +8,16 @@
 - validators on a foreign key copied from a persistent parent the flush also updates: they run
   as often as natively;
 - ``make_transient`` on flushed parents, re-added with new keys: their persistent children
-  follow in the session.
+  follow in the session;
+- an ``after_flush`` listener that expunges new objects (and adds another): the expunged ones
+  get no ``pending_to_persistent`` event and are "altered" (so a rollback leaves them
+  detached), the added one stays pending;
+- objects loaded with an ``identity_token``, made transient and added again keep it in their
+  identity key;
+- a failure in a table the unit of work saves in the same layer as a parent, after it: the
+  parent keeps its id, its new children do not get it (natively copied a layer later);
+- ``merge()`` of a persistent parent with new children: its unchanged attributes in the
+  committed state are no UPDATE, and do not keep the children native.
 """
 
 from __future__ import annotations
@@ -94,6 +103,14 @@ class Node(Base):
     name: Mapped[str]
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("sl_node.id"))
     children: Mapped[list[Node]] = relationship(backref=backref("parent", remote_side=[id]))
+
+
+class Zeal(Base):
+    """Unique values; saved after Owner in the same layer (nothing relates them)."""
+
+    __tablename__ = "sl_zeal"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(10), unique=True)
 
 
 class Memo(Base):
@@ -237,7 +254,101 @@ def native_part_fails(hooked: type[Any]) -> Callable[[Run], Any]:
     return workload
 
 
+def expunged_in_after_flush(listener: bool, rollback: bool) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        memos = [Memo(text=f"m{i}") for i in range(40)]
+        extra = Entry(id=500, msg="added in after_flush")
+
+        def after_flush(session: Any, _ctx: Any) -> None:
+            if extra not in session:
+                session.expunge(memos[0])
+                session.expunge(memos[1])
+                session.add(extra)
+
+        event.listen(run.session.sync_session, "after_flush", after_flush)
+        became: list[str] = []
+        if listener:
+            event.listen(
+                run.session.sync_session,
+                "pending_to_persistent",
+                lambda _s, obj: became.append(getattr(obj, "text", "")),
+            )
+        run.track(*memos, extra)
+        run.session.add_all(memos)
+        await run.session.flush()
+        run.events.append(("new", len(run.session.new), extra in run.session.new))
+        run.events.append(("became persistent", sorted(became)))
+        run.snapshot("flush")
+        if rollback:
+            await run.session.rollback()
+            run.events.append(("expunged", inspect(memos[0]).detached, memos[0] in run.session))
+            run.snapshot("rollback")
+        else:
+            await run.session.commit()
+            run.snapshot("commit")
+
+    return workload
+
+
+async def identity_token_kept(run: Run) -> None:
+    s = run.session
+    s.add_all([Entry(id=300 + i, msg=f"t{i}") for i in range(40)])
+    await s.commit()
+    loaded = list(
+        (
+            await s.scalars(
+                select(Entry).where(Entry.id >= 300).order_by(Entry.id),
+                execution_options={"identity_token": "t1"},
+            )
+        ).all()
+    )
+    for e in loaded:
+        await s.delete(e)
+    await s.flush()
+    for e in loaded:
+        make_transient(e)
+    run.track(*loaded)
+    s.add_all(loaded)
+    await s.flush()
+    run.events.append(("keys", sorted(inspect(e).key[2] for e in loaded)))
+    run.events.append(("get", await s.get(Entry, 300, identity_token="t1") is loaded[0]))
+    run.snapshot("flush")
+    await s.commit()
+
+
+async def unrelated_table_fails(run: Run) -> None:
+    owners = [Owner(name=f"o{i}", pets=[Pet(name=f"p{i}")]) for i in range(40)]
+    zeals = [Zeal(code="same"), Zeal(code="same")]
+    run.track(*owners, *(o.pets[0] for o in owners), *zeals)
+    run.session.add_all([*owners, *zeals])
+    await run.session.flush()
+
+
+async def merged_parent(run: Run) -> None:
+    s = run.session
+    owner = Owner(name="first")
+    s.add(owner)
+    await s.flush()
+    oid = owner.id
+    await s.commit()
+    pets = [Pet(name=f"p{i}") for i in range(40)]
+    merged = await s.merge(Owner(id=oid, name="merged", pets=pets))
+    run.track(merged, *merged.pets)
+    await s.flush()
+    run.snapshot("flush")
+    await s.commit()
+    run.snapshot("commit")
+
+
 CASES: dict[str, Callable[[Run], Any]] = {
+    "expunged in after_flush": expunged_in_after_flush(listener=False, rollback=False),
+    "expunged in after_flush, pending_to_persistent": expunged_in_after_flush(
+        listener=True, rollback=False
+    ),
+    "expunged in after_flush, rollback": expunged_in_after_flush(listener=False, rollback=True),
+    "identity token kept": identity_token_kept,
+    "unrelated table fails after a parent": unrelated_table_fails,
+    "merged parent with new children": merged_parent,
     "update beside a unique column": unique_table_update,
     "row switch": row_switch,
     "history in after_flush": after_flush_history(fail=False),
@@ -256,6 +367,7 @@ STAYS_NATIVE = {
     "reparent under new nodes": ("moves a persistent object", False),
 }
 FAILS = {
+    "unrelated table fails after a parent",
     "history when after_flush raises",
     "native part fails before ours",
     "native part fails after ours",
