@@ -27,6 +27,7 @@ __all__ = [
     "Fallback",
     "FlushReport",
     "TableWrite",
+    "clear_catalog_cache",
     "disable_async_batching",
     "enable_async_batching",
     "is_batching_enabled",
@@ -81,8 +82,11 @@ async def reserve_ids(session: AsyncSession | Session, objects: Iterable[Any]) -
         )
 
 
-def _clear_caches() -> None:
-    """Forget cached catalog lookups and mapper analyses (tests, after DDL)."""
+def clear_catalog_cache() -> None:
+    """Forget what async_batch learned from the database catalog and the mappers (per
+    engine: triggers, rules, column types, sequences). Call it after DDL in a running
+    process -- a trigger created, a partition attached, a column retyped -- so the next
+    flush looks again; processes started after a migration need nothing."""
     from ._planner import clear_cache
 
     clear_cache()

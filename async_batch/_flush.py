@@ -38,6 +38,7 @@ from ._planner import (
     D_SCALAR,
     D_SERVER,
     MISSING,
+    OPAQUE_BIND,
     MapperInfo,
     TableSpec,
     mapper_info,
@@ -113,7 +114,9 @@ def _uncast_value(
                 v = default  # None too: a None value is left out, and the default used
             if v is None or (from_str and type(v) is str):
                 continue
-            if bind is not None:
+            if bind is OPAQUE_BIND:
+                pass  # a TypeDecorator: what it sends is unknown without calling it
+            elif bind is not None:
                 try:
                     v = bind(v)
                 except Exception:  # natively raised too: leave it to the unit of work
@@ -139,10 +142,15 @@ def _given_always(
         always = metas[ts.table].always_columns
         if not always:
             continue
+        orm_defaulted = {name for _k, name, _v in ts.orm_defaults}
         for spec in ts.columns:
             if spec.name in always:
                 key = spec.propkey
-                if any(dicts[st].get(key) is not None for st in states):
+                if (
+                    spec.default_kind in (D_SCALAR, D_CALLABLE)
+                    or spec.name in orm_defaulted
+                    or any(dicts[st].get(key) is not None for st in states)
+                ):
                     return (
                         f"a value is given for {ts.table.name}.{spec.name}, a GENERATED "
                         "ALWAYS identity column"
@@ -487,6 +495,11 @@ class FlushRun:
                 if not info.relationships:
                     continue
                 related_states_many(sts, info, dicts, links)
+                if any(r.uncast_pairs for r in info.relationships):
+                    for st in sts:
+                        for rel, other in links[st]:
+                            if other is not None and rel.uncast_pairs:
+                                self._uncast_copy(rel, st, other, bad, reasons)
                 if _all_new_and_registered(sts, links, registered):
                     continue
                 for st in sts:
@@ -524,6 +537,8 @@ class FlushRun:
                     continue
                 for rel, other in related_states(pst, pinfo, pending=True):
                     if other is None or other not in candidate:
+                        continue
+                    if rel.uncast_pairs and self._uncast_copy(rel, pst, other, bad, reasons):
                         continue
                     if (
                         not isdelete
@@ -592,7 +607,7 @@ class FlushRun:
         # in its own order (sort keys), which ours must not change
         # (and a sequence shared with native objects that get no id in advance)
         while fast:
-            unordered = _unordered_foreign_keys(fast, by_mapper, infos)
+            unordered = _unordered_foreign_keys(fast, by_mapper, infos, dicts)
             unordered.update(self._unshared_sequences(fast, by_mapper, infos, metas))
             if not unordered:
                 break
@@ -703,10 +718,10 @@ class FlushRun:
             # cannot change: no defaulted column is a sync target, checked in _check_sources)
             self._apply_defaults(conn, fast_groups, infos, fast_tables)
         secondary_rows = self._sync(fast_groups, infos)
-        jobs = self._build(conn, fast_groups, infos, metas, fast_tables, secondary_rows)
 
         self._mark("rows")
-        # 7. write, table by table in dependency order
+        # 7. build and write, table by table in dependency order (a table's rows are built
+        #    once the tables before it are written, as the unit of work prepares each INSERT)
         strategy = self.options.strategy
         # composite()'s after_insert listeners: fired once the mapper's tables are written
         finished: dict[Table, list[Any]] = defaultdict(list)
@@ -714,29 +729,33 @@ class FlushRun:
             if infos[m].listeners[0]:
                 last = max((ts.table for ts in infos[m].tables), key=self._table_pos.__getitem__)
                 finished[last].append(m)
-        last_job = {table: i for i, (_j, _s, _p, table) in enumerate(jobs)} if finished else {}
-        for i, (job, states_for_rows, postfetch, table) in enumerate(jobs):
-            chosen = _writer.choose(job, strategy)
-            try:
-                returned = _writer.write(conn, job, chosen)
-            except BaseException:
-                self._failed_at = self._table_pos[table]
-                raise
-            report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
-            if returned:
-                self._apply_returning(job, returned, states_for_rows, conn)
-            if self._loads:
-                self._refresh_flush(table, states_for_rows)
-            if finished and last_job[table] == i:
-                for m in finished.pop(table, ()):
-                    _sa.fire_after_insert(m, conn, fast_groups[m])
-            if postfetch:
-                # server defaults the row got and the flush does not fetch: expired, as the
-                # unit of work expires them once the row is written (undone with the row)
-                stage = self._req(("table", table), [table])
-                for st, keys in postfetch:
-                    self._undo_expired.append((st, _sa.expiry_snapshot(st, keys), stage))
-                    _sa.expire_attributes(st, keys)
+        per_table = _chunks_per_table(fast_groups, infos)
+        for table in fast_tables:
+            jobs = self._build(conn, table, per_table.get(table), infos, metas, secondary_rows)
+            self._mark("rows")
+            for job, states_for_rows, postfetch in jobs:
+                chosen = _writer.choose(job, strategy)
+                try:
+                    returned = _writer.write(conn, job, chosen)
+                except BaseException:
+                    self._failed_at = self._table_pos[table]
+                    raise
+                report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
+                if returned:
+                    self._apply_returning(job, returned, states_for_rows, conn)
+                if self._loads:
+                    self._refresh_flush(table, states_for_rows)
+                if postfetch:
+                    # server defaults the row got and the flush does not fetch: expired, as
+                    # the unit of work expires them once the row is written (undone with it)
+                    stage = self._req(("table", table), [table])
+                    for st, keys in postfetch:
+                        self._undo_expired.append((st, _sa.expiry_snapshot(st, keys), stage))
+                        _sa.expire_attributes(st, keys)
+            self._copied_onto_same(table, per_table.get(table))
+            for m in finished.pop(table, ()):
+                _sa.fire_after_insert(m, conn, fast_groups[m])
+            self._mark("write")
 
         self._all_written = True
         self._mark("write")
@@ -748,6 +767,36 @@ class FlushRun:
         # just wrote: nothing is left for the unit of work to do with them but bookkeeping
         self.parents_done = self._idle_parents(fast_set, infos)
         _sa.withhold_states(self.ctx, _sa.group_by_mapper(self.parents_done))
+
+    def _uncast_copy(
+        self,
+        rel: Any,
+        st: InstanceState[Any],
+        other: InstanceState[Any],
+        bad: set[InstanceState[Any]],
+        reasons: dict[Any, str],
+    ) -> bool:
+        """Keep the object a key is copied into native (without prefetched ids) if the key
+        is not a ``str`` and the foreign key column is bound without a cast (``_uncast_value``:
+        an INET key loaded as an ``ipaddress`` object); whether it was."""
+        src, dst = (other, st) if rel.direction is MANYTOONE else (st, other)
+        sd = self._dicts.get(src)
+        if sd is None:
+            sd = src.dict
+        for left, r in rel.uncast_pairs:
+            key = _sa.propkey_for(src, left)
+            v = sd[key] if key in sd else _sa.get_by_column(src, left)
+            if v is not None and not isinstance(v, str):
+                bad.add(dst)
+                mapper = dst.manager.mapper
+                self._no_prefetch.add(mapper)
+                reasons.setdefault(
+                    mapper,
+                    f"foreign key {r.table.name}.{r.name} is bound without a cast and gets a "
+                    f"{type(v).__name__} from {rel.prop}",
+                )
+                return True
+        return False
 
     def _prefetchable(self, m: Any, info: MapperInfo, metas: Mapping[Table, TableMeta]) -> bool:
         """Whether the unit of work may be given ids we draw for this mapper's objects."""
@@ -761,8 +810,10 @@ class FlushRun:
             # through RETURNING); a rule may read the default
             return False
         # a before_insert hook may assign ids itself; leave it alone (and the values that
-        # fail natively only without ids: _uncast_value, _given_always)
-        return not _sa.has_insert_listeners(m) and m not in self._no_prefetch
+        # fail natively only without ids: _uncast_value, _given_always, MapperInfo)
+        return (
+            not _sa.has_insert_listeners(m) and m not in self._no_prefetch and not info.no_prefetch
+        )
 
     def _unshared_sequences(
         self,
@@ -774,6 +825,8 @@ class FlushRun:
         """Base mappers whose objects we must leave to the unit of work: some of their new
         objects stay native and can get no id in advance, and the database numbers the
         base mapper's rows in insert order, ours (drawn up front) and theirs alike."""
+        if len(fast) == sum(map(len, by_mapper.values())):
+            return {}  # nothing is native
         fast_set = set(fast)
         out: dict[Any, str] = {}
         bases = {_mapper_of(s).base_mapper for s in fast}
@@ -1263,9 +1316,10 @@ class FlushRun:
         self,
         fast_groups: Mapping[Any, list[InstanceState[Any]]],
         infos: dict[Any, MapperInfo],
-    ) -> dict[Table, list[dict[str, Any]]]:
-        """Copy keys along relationships as ``dependency.py``/``sync.py`` would."""
-        secondary: dict[Table, list[dict[str, Any]]] = defaultdict(list)
+    ) -> dict[Table, tuple[list[Any], list[dict[str, Any]]]]:
+        """Copy keys along relationships as ``dependency.py``/``sync.py`` would; return the
+        association rows' keys per table (with the table's column defaults to fill in)."""
+        secondary: dict[Table, tuple[list[Any], list[dict[str, Any]]]] = {}
         # many-to-many links per relationship, in order
         m2m: dict[int, tuple[Any, list[tuple[InstanceState[Any], InstanceState[Any]]]]] = {}
         dicts = self._dicts
@@ -1304,19 +1358,14 @@ class FlushRun:
         for m, sts in fast_groups.items():
             equated = [pair for ts in infos[m].tables for pair in ts.equated]
             same = [k for ts in infos[m].tables for k in ts.equated_same]
-            heard: list[str] = []
             if same and sts:
+                # (their listeners fire once the table is written: _copied_onto_same)
                 self._same_copies.append((sts, same))
-                heard = [k for k in same if _sa.has_set_listeners(sts[0], k)]
-            for st in sts if equated or heard else ():
+            for st in sts if equated else ():
                 d = dicts[st]
                 stage = self._stage(st, _AFTER_FIRST)
                 for src_key, dst_key in equated:
                     set_(st, dst_key, d.get(src_key), stage)
-                for k in heard:
-                    v = d.get(k, _MISSING)
-                    self._undo.append((st, k, v, stage, True))
-                    self._set_attr(st, d, k, None if v is _MISSING else v, stage)
         # keyed by ids: a ClassManager's __hash__ is a Python-level method
         key_pairs: dict[tuple[int, int, int], list[tuple[Any, str, str, bool]]] = {}
         undo = self._undo
@@ -1413,10 +1462,7 @@ class FlushRun:
                     row[r.name] = get(st, left)
                 for left, r in rel.secondary_pairs:
                     row[r.name] = get(other, left)
-                # the association INSERT's column defaults, row by row in its order
-                for name, kind, dflt in rel.secondary_defaults:
-                    row[name] = dflt(None) if kind == D_CALLABLE else dflt
-                secondary[rel.secondary].append(row)
+                secondary.setdefault(rel.secondary, (rel.secondary_defaults, []))[1].append(row)
             seen_pairs.update((rp, other, st) for rp in reverse for st, other in pairs_)
         return secondary
 
@@ -1425,52 +1471,69 @@ class FlushRun:
     def _build(
         self,
         conn: Connection,
-        fast_groups: Mapping[Any, list[InstanceState[Any]]],
+        table: Table,
+        chunks: list[tuple[TableSpec, list[InstanceState[Any]]]] | None,
         infos: dict[Any, MapperInfo],
         metas: dict[Table, TableMeta],
-        tables: list[Table],
-        secondary_rows: dict[Table, list[dict[str, Any]]],
-    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any], Table]]:
-        per_table = _chunks_per_table(fast_groups, infos)
+        secondary_rows: dict[Table, tuple[list[Any], list[dict[str, Any]]]],
+    ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
+        """The statements (jobs) for one table's rows."""
+        schema = _sequences.effective_schema(table.schema, conn)
+        tref = _sequences.qualified(conn, schema, table.name)
+        if table in secondary_rows:
+            return self._secondary_jobs(conn, table, tref, schema, *secondary_rows[table])
+        if not chunks:
+            return []
+        owned = [
+            st
+            for ts, sts in chunks
+            if sts
+            and infos[sts[0].manager.mapper].tables[0] is ts
+            and sts[0].manager.mapper.polymorphic_on is not None
+            for st in sts
+        ]
+        if owned:
+            # natively per object of the mapper saving this table, before its INSERT
+            _sa.sort_by_insert_order(owned)
+            try:
+                _sa.validate_polymorphic_identities(owned, self._dicts)
+            except Exception:  # a warning filter made it an error
+                self._failed_at = self._table_pos.get(table)
+                raise
+        meta = metas.get(table) or _sequences.table_meta(conn, table, None)
+        try:
+            return self._table_jobs(table, tref, schema, meta, chunks)
+        except Exception as err:
+            # a type's bind processor or a column default raised: natively while this
+            # table's INSERT parameters are built, after the tables before it are written
+            self._failed_at = self._table_pos.get(table)
+            _sa.raise_statement_error(conn, err, f"INSERT INTO {tref}")
 
-        jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any], Table]] = []
-        for table in tables:
-            schema = _sequences.effective_schema(table.schema, conn)
-            tref = _sequences.qualified(conn, schema, table.name)
-            if table in secondary_rows:
-                jobs.extend(
-                    (*j, table)
-                    for j in self._secondary_jobs(conn, table, tref, schema, secondary_rows[table])
-                )
+    def _copied_onto_same(
+        self, table: Table, chunks: list[tuple[TableSpec, list[InstanceState[Any]]]] | None
+    ) -> None:
+        """Once ``table``'s rows are written, ``_postfetch`` copies inherited primary keys
+        onto the same attribute through it: its set listeners and validators fire, per
+        object, with the value it holds (the committed state it records: _record_copies)."""
+        todo: list[tuple[InstanceState[Any], list[str]]] = []
+        for ts, sts in chunks or ():
+            if not ts.equated_same or not sts:
                 continue
-            chunks = per_table.get(table)
-            if chunks:
-                owned = [
-                    st
-                    for ts, sts in chunks
-                    if sts
-                    and infos[sts[0].manager.mapper].tables[0] is ts
-                    and sts[0].manager.mapper.polymorphic_on is not None
-                    for st in sts
-                ]
-                if owned:
-                    # natively per object of the mapper saving this table, before its INSERT
-                    _sa.sort_by_insert_order(owned)
-                    try:
-                        _sa.validate_polymorphic_identities(owned, self._dicts)
-                    except Exception:  # a warning filter made it an error
-                        self._failed_at = self._table_pos.get(table)
-                        raise
-                meta = metas.get(table) or _sequences.table_meta(conn, table, None)
-                try:
-                    built = self._table_jobs(table, tref, schema, meta, chunks)
-                except Exception as err:
-                    # a type's bind processor or a column default raised: natively while
-                    # this table's INSERT parameters are built, after the tables before it
-                    self._failed_at = self._table_pos.get(table)
-                    _sa.raise_statement_error(conn, err, f"INSERT INTO {tref}")
-                jobs.extend((*j, table) for j in built)
-        return jobs
+            heard = [k for k in ts.equated_same if _sa.has_set_listeners(sts[0], k)]
+            if heard:
+                todo.extend((st, heard) for st in sts)
+        if not todo:
+            return
+        # object by object in insert order, across the mappers sharing the table
+        todo.sort(key=lambda e: _sa.insert_order(e[0]))
+        stage = self._req(("table", table), [table])
+        dicts = self._dicts
+        for st, heard in todo:
+            d = dicts[st]
+            for k in heard:
+                v = d.get(k, _MISSING)
+                self._undo.append((st, k, v, stage, True))
+                self._set_attr(st, d, k, None if v is _MISSING else v, stage)
 
     def _secondary_jobs(
         self,
@@ -1478,10 +1541,21 @@ class FlushRun:
         table: Table,
         tref: str,
         schema: str | None,
+        defaults: list[Any],
         rows_d: list[dict[str, Any]],
     ) -> list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]:
         if not rows_d:
             return []
+        if defaults:
+            # the association INSERT's column defaults, row by row in its order, once the
+            # tables it references are written
+            try:
+                for row in rows_d:
+                    for name, kind, dflt in defaults:
+                        row[name] = dflt(None) if kind == D_CALLABLE else dflt
+            except Exception as err:
+                self._failed_at = self._table_pos.get(table)
+                _sa.raise_statement_error(conn, err, f"INSERT INTO {tref}")
         meta = _sequences.table_meta(conn, table, None)
         groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
         for rd in rows_d:
@@ -1498,8 +1572,8 @@ class FlushRun:
             if not binds:
                 continue
             try:
-                for n, row in enumerate(rows):
-                    values = list(row)
+                for n, tup in enumerate(rows):
+                    values = list(tup)
                     for i, bind in binds:
                         values[i] = bind(values[i])
                     rows[n] = tuple(values)
@@ -2055,14 +2129,16 @@ def _unordered_foreign_keys(
     fast: list[InstanceState[Any]],
     by_mapper: Mapping[Any, list[InstanceState[Any]]],
     infos: dict[Any, MapperInfo],
+    dicts: Mapping[InstanceState[Any], dict[str, Any]],
 ) -> dict[Any, str]:
     """Base mappers whose objects we must leave to the unit of work, with the reason: where
     a foreign key between two tables of the flush is not the key of a relationship between
     their mappers, the unit of work does not order their INSERTs by it (it saves the mappers
     in sort-key order), and neither may we -- ours come before the unit of work's, and our
     own tables go in foreign-key order."""
-    fast_mappers = set(map(_mapper_of, fast))
-    fast_set = set(fast) if len(fast) < sum(map(len, by_mapper.values())) else None
+    everything = len(fast) == sum(map(len, by_mapper.values()))
+    fast_mappers = set(by_mapper) if everything else set(map(_mapper_of, fast))
+    fast_set = None if everything else set(fast)
     ours: dict[Table, Any] = {}
     theirs: dict[Table, Any] = {}
     for m, sts in by_mapper.items():
@@ -2084,6 +2160,16 @@ def _unordered_foreign_keys(
         for fk in t.foreign_keys:
             r = fk.column.table
             r_owner = ours.get(r) or theirs.get(r)
+            if r is t and t in ours and t_owner not in clash:
+                # a row referencing another of its table without a relationship: natively
+                # inserted in insert order (row by row where the keys are given), ours in one
+                # statement
+                why = _self_reference_unordered(
+                    t, fk, t_owner, fast_mappers, infos, dicts, by_mapper
+                )
+                if why:
+                    clash[t_owner] = why
+                continue
             if r_owner is None or r_owner is t_owner:
                 continue
             if frozenset((t_owner, r_owner)) in related:
@@ -2104,6 +2190,38 @@ def _unordered_foreign_keys(
             if t in theirs and r_ours and child_first:
                 clash.setdefault(r_owner, why)
     return clash
+
+
+def _self_reference_unordered(
+    table: Table,
+    fk: Any,
+    base: Any,
+    fast_mappers: set[Any],
+    infos: dict[Any, MapperInfo],
+    dicts: Mapping[InstanceState[Any], dict[str, Any]],
+    by_mapper: Mapping[Any, list[InstanceState[Any]]],
+) -> str | None:
+    """Why a self-referencing foreign key no relationship covers keeps the base mapper's
+    objects native, if some of ours set it."""
+    for m in fast_mappers:
+        if m.base_mapper is not base:
+            continue
+        for rel in infos[m].relationships:
+            if rel.prop.mapper.base_mapper is base and any(r is fk.parent for _l, r in rel.pairs):
+                return None
+    for m in fast_mappers:
+        if m.base_mapper is not base:
+            continue
+        for ts in infos[m].tables:
+            if ts.table is not table:
+                continue
+            key = next((c.propkey for c in ts.columns if c.column is fk.parent), None)
+            if key is not None and any(dicts[st].get(key) is not None for st in by_mapper[m]):
+                return (
+                    f"foreign key {table.name}.{fk.parent.name} references its own table "
+                    "without a relationship: the unit of work inserts the rows in insert order"
+                )
+    return None
 
 
 def _mapper_ranks(bases: set[Any], infos: dict[Any, MapperInfo]) -> dict[Any, int]:

@@ -36,6 +36,8 @@ D_OMIT = 4  # no default at all: omitted (the database decides)
 D_NULL = 5  # D_OMIT where the catalog says the column has no default: plain NULL, no bind
 
 MISSING: Any = object()
+OPAQUE_BIND: Any = object()
+"""In ``MapperInfo.uncast``: a bind processor not to call (the application's own code)."""
 """Sentinel: an attribute absent from the instance dict."""
 
 
@@ -95,6 +97,9 @@ class Relationship:
     secondary_defaults: list[tuple[str, int, Any]] = field(default_factory=list)
     """Python defaults of the association table's other columns, which its INSERT fills:
     (column name, D_SCALAR or D_CALLABLE, the value or callable)."""
+    uncast_pairs: list[tuple[Any, Any]] = field(default_factory=list)
+    """The pairs whose foreign key column is bound without a cast (``MapperInfo.uncast``):
+    the key copied into it may be one a native batched INSERT cannot send."""
 
 
 @dataclass
@@ -109,6 +114,9 @@ class MapperInfo:
     tables: list[TableSpec]
     relationships: list[Relationship]
     self_referential: bool
+    no_prefetch: bool = False
+    """Natively written objects of this mapper must get no ids drawn in advance (whether
+    their INSERT fails depends on it)."""
     listeners: tuple[int, int] = (0, 0)
     """``_sa.listener_state`` when analyzed: analyzed again when it changes."""
     uncast: list[tuple[str, Table, str, Callable[[Any], Any] | None, Any]] = field(
@@ -184,6 +192,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
         reasons.append("mapper has eager_defaults=True")
 
     col_to_key = _sa.column_to_propkey(mapper)
+    no_prefetch = False
     tables: list[TableSpec] = []
     uncast: list[tuple[str, Table, str, Callable[[Any], Any] | None, Any]] = []
     for table in _sa.tables_of(mapper):
@@ -214,14 +223,19 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                 reasons.append(why)
             if _sa.is_uncast_bind(col, dialect):
                 bind = _sa.bind_processor(col, dialect)
+                # a TypeDecorator's bind is the application's code: not called to check
+                if _sa.is_type_decorator(col):
+                    bind = OPAQUE_BIND
                 uncast.append((propkey, table, col.name, bind, value if kind == D_SCALAR else None))
-                if kind == D_CALLABLE:
-                    # its values may be ones a native batch cannot send (see
-                    # MapperInfo.uncast): only the unit of work's INSERT shows
+                if kind == D_CALLABLE or _sa.is_null_type(col):
+                    # its values may be ones a native batch cannot send or render (see
+                    # MapperInfo.uncast; NullType has no cast to render): only the unit of
+                    # work's INSERT shows, with the ids it would have
+                    why = "has a callable default" if kind == D_CALLABLE else "has no type"
                     reasons.append(
-                        f"column {table.name}.{col.name} has a callable default and is bound "
-                        "without a cast"
+                        f"column {table.name}.{col.name} {why} and is bound without a cast"
                     )
+                    no_prefetch = True
             specs.append(
                 ColumnSpec(
                     column=col,
@@ -312,6 +326,11 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                 secondary=secondary,
                 secondary_pairs=sec_pairs,
                 secondary_defaults=sec_defaults,
+                uncast_pairs=[
+                    (left, r)
+                    for left, r in prop.synchronize_pairs
+                    if prop.direction is not MANYTOMANY and _sa.is_uncast_bind(r, dialect)
+                ],
             )
         )
         if prop.direction is MANYTOMANY and not isinstance(prop.secondary, Table):
@@ -328,6 +347,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
         self_referential=self_ref,
         uncast=uncast,
         listeners=listeners,
+        no_prefetch=no_prefetch,
     )
 
 

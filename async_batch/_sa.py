@@ -780,7 +780,15 @@ def has_bind_expression(column: Column[Any]) -> bool:
     return bool(column.type._has_bind_expression)  # noqa: SLF001
 
 
-def is_uncast_bind(column: Column[Any], dialect: Any) -> bool:
+def is_type_decorator(column: Column[Any]) -> bool:
+    return isinstance(column.type, sqltypes.TypeDecorator)
+
+
+def is_null_type(column: Column[Any]) -> bool:
+    return isinstance(column.type, sqltypes.NullType)
+
+
+def is_uncast_bind(column: Any, dialect: Any) -> bool:
     """Whether the column's parameter is rendered without a cast (``render_bind_cast``):
     in the VALUES list of an INSERT whose server-generated key orders the rows, the server
     then types it as text, and asyncpg's text encoder takes only ``str``."""

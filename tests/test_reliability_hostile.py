@@ -504,7 +504,7 @@ async def test_role_without_sequence_privileges(
     user_dsn = await _priv_setup(
         database_dsn, writer_role, ["GRANT SELECT, INSERT ON ident_item TO {role}"]
     )
-    async_batch._clear_caches()
+    async_batch.clear_catalog_cache()
     engine = create_async_engine(sqlalchemy_url(user_dsn))
     try:
         maker = maker_for(engine, strategy)
@@ -539,7 +539,7 @@ async def test_role_with_usage_only_is_accelerated(database_dsn: str, writer_rol
             "GRANT USAGE ON SEQUENCE serial_item_id_seq TO {role}",
         ],
     )
-    async_batch._clear_caches()
+    async_batch.clear_catalog_cache()
     engine = create_async_engine(sqlalchemy_url(user_dsn))
     try:
         maker = maker_for(engine, "copy")

@@ -16,12 +16,27 @@ import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import DDL, Date, DateTime, ForeignKey, Identity, Integer, MetaData, String, event
+from sqlalchemy import (
+    DDL,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    event,
+    text,
+)
 from sqlalchemy.dialects.postgresql import INT4MULTIRANGE, Range
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 from support import Run, compare_modes, create_schema
 from test_property import MODES
+
+from async_batch import clear_catalog_cache, enable_async_batching, last_flush
+from async_batch.testing import sqlalchemy_url
 
 
 class Base(DeclarativeBase):
@@ -114,6 +129,22 @@ class AlwaysNumbered(Base):
     __mapper_args__ = {"eager_defaults": False}
     id: Mapped[int] = mapped_column(primary_key=True)
     seqno: Mapped[int] = mapped_column(Integer, Identity(always=True))
+
+
+class AlwaysDefaulted(Base):
+    """A Python default on a GENERATED ALWAYS column: natively every INSERT is refused."""
+
+    __tablename__ = "sf_always_defaulted"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seqno: Mapped[int] = mapped_column(Integer, Identity(always=True), insert_default=7)
+
+
+class Late(Base):
+    """Gets a trigger after a first batched flush (DDL in a running process)."""
+
+    __tablename__ = "sf_late"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
 
 
 class Spans(Base):
@@ -235,6 +266,7 @@ CASES: dict[str, tuple[Any, str | None]] = {
         lambda: [AlwaysNumbered(seqno=100 + i) for i in range(40)],
         None,  # natively refused: the flush fails (no report), as batched
     ),
+    "always_identity_default_given": (lambda: [AlwaysDefaulted() for _ in range(40)], None),
     "always_identity_key": (lambda: [AlwaysKey(name=f"a{i}") for i in range(40)], None),
     "multirange": (
         lambda: [Spans(spans=[Range(1, 3), Range(10, 20 + i)]) for i in range(40)],
@@ -288,3 +320,41 @@ def test_server_feature_matches_native(features_dsn: str, case: str) -> None:
         assert native.error == "StatementError"
     if case == "value_copy_cannot_encode":
         assert native.error == "DBAPIError"
+
+
+def test_trigger_created_later_is_seen_after_clear_catalog_cache(features_dsn: str) -> None:
+    """Catalog facts are cached per engine: a trigger created after a first flush is seen
+    once ``clear_catalog_cache()`` is called (until then that table is still written by
+    async_batch)."""
+
+    async def scenario() -> list[tuple[int, int]]:
+        engine = create_async_engine(sqlalchemy_url(features_dsn))
+        maker = async_sessionmaker(engine)
+        enable_async_batching(maker, small_flush=0)
+        seen = []
+        try:
+            for step in range(3):
+                if step == 1:
+                    async with engine.begin() as conn:
+                        await conn.execute(
+                            text(
+                                "CREATE OR REPLACE TRIGGER sf_late_shift BEFORE INSERT ON sf_late "
+                                "FOR EACH ROW EXECUTE FUNCTION sf_shift()"
+                            )
+                        )
+                if step == 2:
+                    clear_catalog_cache()
+                async with maker() as session:
+                    session.add_all([Late(name=f"l{i}") for i in range(10)])
+                    await session.commit()
+                    report = last_flush(session)
+                    assert report is not None
+                    seen.append((report.accelerated, report.native))
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TRIGGER IF EXISTS sf_late_shift ON sf_late"))
+            await engine.dispose()
+            clear_catalog_cache()
+        return seen
+
+    assert asyncio.run(scenario()) == [(10, 0), (10, 0), (0, 10)]

@@ -16,7 +16,10 @@
 - A value the native batched INSERT sends as an untyped parameter (an ``ipaddress`` object
   for INET or CIDR, an int for a DOMAIN over integer) that asyncpg takes only as ``str``
   there: natively a batch of rows whose keys the database generates fails, one row or rows
-  with their keys given do not; such objects stay native, without prefetched ids.
+  with their keys given do not; such objects stay native, without prefetched ids. So do
+  objects getting such a value from a callable default, or copied into a foreign key from a
+  loaded parent (an INET natural key); a ``TypeDecorator``'s bind is not called to check
+  (natively it runs once per value); a column without a type (``NullType``) stays native.
 """
 
 from __future__ import annotations
@@ -228,6 +231,70 @@ class Router(Base):
     addr: Mapped[Any] = mapped_column(INET, default=ipaddress.ip_address("10.0.0.1"))
 
 
+def _gateway() -> Any:
+    return ipaddress.ip_address("10.9.9.9")
+
+
+class Gadget2(Base):
+    """An INET callable default returning ipaddress objects."""
+
+    __tablename__ = "vc_gadget2"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    addr: Mapped[Any] = mapped_column(INET, default=_gateway)
+
+
+class Server(Base):
+    __tablename__ = "vc_server"
+    addr: Mapped[Any] = mapped_column(INET, primary_key=True)
+    conns: Mapped[list[Conn]] = relationship(back_populates="server")
+
+
+class Conn(Base):
+    __tablename__ = "vc_conn"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server_addr: Mapped[Any] = mapped_column(INET, ForeignKey("vc_server.addr"))
+    server: Mapped[Server] = relationship(back_populates="conns")
+
+
+BINDS: list[Any] = []
+
+
+class InetText(TypeDecorator[Any]):
+    impl = INET
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        BINDS.append(value)
+        return None if value is None else str(value)
+
+
+class Router2(Base):
+    __tablename__ = "vc_router2"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    addr: Mapped[Any] = mapped_column(InetText)
+
+
+class Untyped(Base):
+    """``body`` has no type while the workload runs (typed for CREATE TABLE)."""
+
+    __tablename__ = "vc_untyped"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str | None] = mapped_column(String)
+
+
+async def _untyped(run: Run) -> None:
+    column = Untyped.__table__.c.body
+    typed = column.type
+    column.type = sqlalchemy.types.NullType()
+    try:
+        objs = [Untyped(body="x") for _ in range(40)]
+        run.track(*objs)
+        run.session.add_all(objs)
+        await run.session.commit()
+    finally:
+        column.type = typed
+
+
 class Level(Base):
     __tablename__ = "vc_level"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -247,6 +314,29 @@ def _hosts(objects: bool, keyed: bool = False) -> Callable[[], list[Any]]:
         return hosts
 
     return make
+
+
+async def _connections(run: Run) -> None:
+    run.session.add(Server(addr="10.0.0.1"))
+    await run.session.commit()
+    server = await run.session.get(Server, ipaddress.ip_address("10.0.0.1"))
+    conns = [Conn(server=server) for _ in range(40)]  # the key: an IPv4Address
+    run.track(*conns)
+    run.session.add_all(conns)
+    await run.session.commit()
+
+
+async def _bound_once(run: Run) -> None:
+    BINDS.clear()
+    routers = [Router2(addr=ipaddress.ip_address(f"10.0.1.{i}")) for i in range(40)]
+    run.track(*routers)
+    run.session.add_all(routers)
+    try:
+        await run.session.flush()
+    finally:
+        run.events.append(("binds", len(BINDS)))
+    run.snapshot("flush")
+    await run.session.commit()
 
 
 def _posts() -> list[Any]:
@@ -317,6 +407,12 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "untyped parameter, object default, keys given": _commit(
         lambda: [Router(id=i + 1) for i in range(40)]
     ),
+    "untyped parameter, callable default": _commit(
+        lambda: [Gadget2() for _ in range(40)] + [Ratio(value=1.0) for _ in range(40)]
+    ),
+    "untyped parameter, key copied from a loaded parent": _connections,
+    "untyped parameter, TypeDecorator bound once": _bound_once,
+    "untyped parameter, no type": _untyped,
     "untyped parameter, domain over integer": _commit(
         lambda: [Level(level=i + 1) for i in range(40)]
     ),
@@ -330,8 +426,12 @@ STAYS_NATIVE = {
     "interval fields": "casts its values to INTERVAL DAY",
     "untyped parameter, ipaddress objects, keys given": "vc_host.addr holds a IPv4Address",
     "untyped parameter, object default, keys given": "vc_router.addr holds a IPv4Address",
+    "untyped parameter, TypeDecorator bound once": "vc_router2.addr holds a IPv4Address",
 }
 FAILS = {
+    "untyped parameter, callable default",
+    "untyped parameter, key copied from a loaded parent",
+    "untyped parameter, no type",
     "default under explicit None, failing",
     "untyped parameter, ipaddress objects",
     "untyped parameter, domain over integer",
