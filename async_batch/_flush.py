@@ -515,9 +515,14 @@ class FlushRun:
                         elif rel.direction is ONETOMANY:
                             bad.add(st)
                             reasons.setdefault(m, f"{rel.prop} moves a persistent object")
-                        elif rel.direction is MANYTOMANY and other in registered:
-                            # the other side is being updated: its own dependency processor
-                            # may write this association row
+                        elif (
+                            rel.direction is MANYTOMANY
+                            and other in registered
+                            and not _sa.reverse_properties(rel.prop)
+                        ):
+                            # the other side is being updated: a dependency processor of its
+                            # own may write this association row (a reverse relationship's
+                            # is told the rows we write: _sa.mark_processed)
                             bad.add(st)
                             reasons.setdefault(m, f"{rel.prop} links to an updated object")
             # persistent objects this flush updates or deletes, and new objects they point to
@@ -558,6 +563,14 @@ class FlushRun:
                             continue
                         # must still be idle once the objects we write are known
                         self._cyclic_idle.add(pst)
+                    if rel.direction is MANYTOMANY and not isdelete:
+                        # a link the new object's reverse relationship holds too: we write
+                        # its row, and the persistent side's processor is told to skip it
+                        reverse = _sa.reverse_properties(rel.prop)
+                        if reverse and any(
+                            o is pst and r.prop in reverse for r, o in links.get(other, ())
+                        ):
+                            continue
                     if isdelete or rel.direction is MANYTOMANY:
                         bad.add(other)
                         reasons.setdefault(
@@ -587,7 +600,7 @@ class FlushRun:
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
             # updates the unit of work makes before these INSERTs, where the order matters
             if persistent:
-                _check_updates(persistent, by_mapper, infos, bad, reasons)
+                _check_updates(persistent, by_mapper, infos, metas, bad, reasons)
             while bad:
                 # badness spreads to every new object linked to a bad one, either direction
                 _spread(bad, links, candidate, reasons)
@@ -1454,6 +1467,10 @@ class FlushRun:
         seen_pairs: set[tuple[int, InstanceState[Any], InstanceState[Any]]] = set()
         for prop_id, (rel, pairs_) in m2m.items():
             reverse = [id(rp) for rp in _sa.reverse_properties(rel.prop)]
+            if reverse:
+                # the reverse relationship's processor (for a persistent object the flush
+                # also saves) skips the rows written through this one, as natively
+                _sa.mark_processed(self.ctx, rel.prop, pairs_)
             for st, other in pairs_:
                 if (prop_id, st, other) in seen_pairs:
                     continue
@@ -2289,17 +2306,20 @@ def _check_updates(
     persistent: list[tuple[InstanceState[Any], bool]],
     by_mapper: Mapping[Any, list[InstanceState[Any]]],
     infos: dict[Any, MapperInfo],
+    metas: Mapping[Table, TableMeta],
     bad: set[InstanceState[Any]],
     reasons: dict[Any, str],
 ) -> None:
     """The unit of work writes a table's UPDATEs before its INSERTs, and a referenced table's
     before the tables referencing it. Where a persistent row changes a unique (or primary
-    key) column of a table new objects go to, or a column new rows' foreign keys reference,
-    that order decides whether the flush succeeds (a unique value handed over from the old
-    row to a new one): those new objects stay native."""
+    key) column of a table new objects go to -- one of a unique index or an exclusion
+    constraint in the database, declared in the model or not, or any column where such an
+    index has an expression or a predicate (a soft delete) -- or a column new rows' foreign
+    keys reference, that order decides whether the flush succeeds (a unique value handed
+    over from the old row to a new one): those new objects stay native."""
     changed: dict[Table, set[Any]] = defaultdict(set)
     for pst, isdelete in persistent:
-        if isdelete or not pst.committed_state:
+        if isdelete:
             continue
         for col in _sa.changed_columns(pst):
             changed[col.table].update([col])
@@ -2307,8 +2327,11 @@ def _check_updates(
         return
     blocked: dict[Table, str] = {}
     for table, cols in changed.items():
+        meta = metas.get(table)
         for col in cols:
-            if _is_unique(col):
+            if _is_unique(col) or (
+                meta is not None and (meta.unique_any or col.name in meta.unique_columns)
+            ):
                 blocked.setdefault(table, f"{table.name}.{col.name}")
     for m in by_mapper:
         for ts in infos[m].tables:

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import PassiveFlag
+from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import schema as sa_schema
 from sqlalchemy.sql import sqltypes
@@ -191,18 +192,40 @@ def changed_columns(state: InstanceState[Any]) -> list[Any]:
     """The columns of a persistent object's changed column attributes (what its UPDATE sets):
     an attribute in the committed state whose value is not equal to the committed one
     (``_collect_update_commands``; ``merge()`` leaves unchanged ones there)."""
-    attrs = state.manager.mapper.column_attrs
+    mapper = state.manager.mapper
+    attrs = mapper.column_attrs
+    rels = mapper.relationships
     manager = state.manager
     d = state.dict
     out: list[Any] = []
     for key, before in state.committed_state.items():
         prop = attrs.get(key)
         if prop is None:
+            if key in rels:
+                out.extend(_relationship_changed_columns(state, rels[key]))
             continue
         if key in d and manager[key].impl.is_equal(d[key], before) is True:
             continue
         out.extend(c for c in prop.columns if isinstance(c, Column))
+    pending = state.__dict__.get("_pending_mutations")
+    for key in pending or ():
+        if key in rels and key not in state.committed_state:
+            out.extend(_relationship_changed_columns(state, rels[key]))
     return out
+
+
+def _relationship_changed_columns(state: InstanceState[Any], prop: Any) -> list[Any]:
+    """The foreign key columns the unit of work's dependency processors will change for a
+    changed relationship of a persistent object: its own (many-to-one), or those of the
+    objects it no longer holds (one-to-many: set to NULL, or the rows deleted)."""
+    if prop.direction is MANYTOONE:
+        return [r for _l, r in prop.synchronize_pairs if isinstance(r, Column)]
+    if prop.direction is ONETOMANY:
+        passive = PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+        hist = state.manager[prop.key].impl.get_history(state, state.dict, passive)
+        if hist.deleted:
+            return [r for _l, r in prop.synchronize_pairs if isinstance(r, Column)]
+    return []
 
 
 def bind_cast_type(col: Column[Any], dialect: Any) -> str | None:
@@ -911,6 +934,17 @@ def reverse_properties(prop: Any) -> Iterable[Any]:
     """The relationships SQLAlchemy links as each other's backref."""
     result: Iterable[Any] = prop._reverse_property  # noqa: SLF001
     return result
+
+
+def mark_processed(
+    flush_context: Any, prop: Any, pairs: Iterable[tuple[InstanceState[Any], InstanceState[Any]]]
+) -> None:
+    """What ``ManyToManyDP.process_saves`` records after writing association rows through
+    ``prop``: the (child, parent) pairs its reverse relationship's processor must skip
+    (``_get_reversed_processed_set``)."""
+    process_key = tuple(sorted([prop.key] + [p.key for p in prop._reverse_property]))  # noqa: SLF001
+    processed = flush_context.memo(("reverse_key", process_key), set)
+    processed.update((child, parent) for parent, child in pairs)
 
 
 def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:

@@ -78,6 +78,10 @@ class TableMeta:
 
     always_columns: frozenset[str] = frozenset()
     """GENERATED ALWAYS identity columns: an INSERT (not COPY) refuses values for them."""
+    unique_columns: frozenset[str] = frozenset()
+    """Columns of the table's unique indexes and exclusion constraints."""
+    unique_any: bool = False
+    """A unique index or exclusion constraint has an expression or a predicate."""
     from_str_columns: frozenset[str] = frozenset()
     """Columns asyncpg sends from a ``str`` value (string types and types it parses from
     one, or sends only as text)."""
@@ -188,6 +192,15 @@ SELECT
   (SELECT array_agg(a.attname::text) FROM pg_attribute a
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND a.attidentity = 'a') AS always,
+  -- what an UPDATE of the table's rows can free for a new row: the columns of its unique
+  -- indexes and exclusion constraints (declared in the model or not), and whether one of
+  -- them has an expression or a predicate (then any column may)
+  (SELECT array_agg(DISTINCT a.attname::text) FROM pg_index i
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+    WHERE i.indrelid = to_regclass($1) AND (i.indisunique OR i.indisexclusion)) AS unique_cols,
+  EXISTS (SELECT 1 FROM pg_index i
+           WHERE i.indrelid = to_regclass($1) AND (i.indisunique OR i.indisexclusion)
+             AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)) AS unique_any,
   -- columns whose values asyncpg sends from a str (a string type, or one it parses: json,
   -- xml, inet, uuid, an enum; or one it can only send as text), domains by their base type
   (SELECT array_agg(a.attname::text) FROM pg_attribute a
@@ -317,7 +330,8 @@ def table_meta(
         (tref, src.column if src else "", src.sequence_ref if src else None, json.dumps(casts)),
     ).one()
     oid, seq, priv, ident, names, types, type_oids, text_only, arrays, defaulted = row[:10]
-    sequenced, triggers, rules, row_security, retyped, always, from_str = row[10:]
+    sequenced, triggers, rules, row_security, retyped, always, unique_cols, unique_any = row[10:18]
+    from_str = row[18]
     id_reason = None
     if src is None:
         id_reason = "no database-generated integer primary key"
@@ -352,6 +366,8 @@ def table_meta(
         row_security=bool(row_security),
         retyped=tuple(tuple(item) for item in (json.loads(retyped) if retyped else ())),
         always_columns=frozenset(always or ()),
+        unique_columns=frozenset(unique_cols or ()),
+        unique_any=bool(unique_any),
         from_str_columns=frozenset(from_str or ()),
     )
     with _lock:

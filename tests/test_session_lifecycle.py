@@ -17,7 +17,13 @@
 - a failure in a table the unit of work saves in the same layer as a parent, after it: the
   parent keeps its id, its new children do not get it (natively copied a layer later);
 - ``merge()`` of a persistent parent with new children: its unchanged attributes in the
-  committed state are no UPDATE, and do not keep the children native.
+  committed state are no UPDATE, and do not keep the children native;
+- an UPDATE that frees a value for a new row of the same table (natively UPDATEs run first),
+  where the uniqueness is a partial or expression index, a constraint only the database has,
+  or an exclusion constraint, or where the UPDATE comes from a relationship (a one-to-one
+  child replaced, or moved to another parent, with a unique foreign key);
+- new objects linked many-to-many (both directions mapped) to persistent objects, which the
+  back reference makes part of the flush: their association rows are written once.
 """
 
 from __future__ import annotations
@@ -27,7 +33,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import CheckConstraint, ForeignKey, MetaData, String, event, inspect, select
+from sqlalchemy import (
+    DDL,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    MetaData,
+    String,
+    Table,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.dialects.postgresql import INT4RANGE, Range
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -144,11 +162,97 @@ def _before_insert(_mapper: Any, _conn: Any, _target: Any) -> None:
     pass
 
 
+class Slot(Base):
+    """Unique only where not ``gone`` (a partial index: a soft delete frees the value)."""
+
+    __tablename__ = "sl_slot"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    v: Mapped[str] = mapped_column(String(10))
+    gone: Mapped[bool] = mapped_column(default=False)
+
+
+class Login(Base):
+    """Unique on ``lower(v)`` (an expression index)."""
+
+    __tablename__ = "sl_login"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    v: Mapped[str] = mapped_column(String(10))
+
+
+class Handle(Base):
+    """Unique in the database only (a migration added it; the model does not say)."""
+
+    __tablename__ = "sl_handle"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    v: Mapped[str] = mapped_column(String(10))
+
+
+class Booking(Base):
+    """No two live bookings overlap (an exclusion constraint)."""
+
+    __tablename__ = "sl_booking"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    span: Mapped[Range[int]] = mapped_column(INT4RANGE)
+    gone: Mapped[bool] = mapped_column(default=False)
+
+
+class Member(Base):
+    __tablename__ = "sl_member"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    badge: Mapped[Badge | None] = relationship(back_populates="member", uselist=False)
+
+
+class Badge(Base):
+    __tablename__ = "sl_badge"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("sl_member.id"), unique=True)
+    label: Mapped[str]
+    member: Mapped[Member | None] = relationship(back_populates="badge")
+
+
+article_topics = Table(
+    "sl_article_topic",
+    Base.metadata,
+    Column("article_id", ForeignKey("sl_article.id"), primary_key=True),
+    Column("topic_id", ForeignKey("sl_topic.id"), primary_key=True),
+)
+
+
+class Topic(Base):
+    __tablename__ = "sl_topic"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20), unique=True)
+    articles: Mapped[list[Article]] = relationship(
+        secondary=article_topics, back_populates="topics"
+    )
+
+
+class Article(Base):
+    __tablename__ = "sl_article"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(20), unique=True)
+    topics: Mapped[list[Topic]] = relationship(secondary=article_topics, back_populates="articles")
+
+
+for _ddl in (
+    "CREATE UNIQUE INDEX sl_slot_live ON sl_slot (v) WHERE NOT gone",
+    "CREATE UNIQUE INDEX sl_login_lower ON sl_login (lower(v))",
+    "ALTER TABLE sl_handle ADD CONSTRAINT sl_handle_v UNIQUE (v)",
+    "ALTER TABLE sl_booking ADD CONSTRAINT sl_booking_free EXCLUDE USING gist "
+    "(span WITH &&) WHERE (NOT gone)",
+):
+    event.listen(Base.metadata, "after_create", DDL(_ddl))
+
+
 async def setup(session: Any) -> None:
     session.add(Account(email="a@x"))
     session.add(Entry(id=1, msg="old"))
     session.add(Kennel(name="k"))
     session.add(Node(name="root", children=[Node(name="c0"), Node(name="c1")]))
+    session.add_all([Slot(v="x"), Login(v="x"), Handle(v="x"), Booking(span=Range(1, 10))])
+    session.add_all([Member(name="m1", badge=Badge(label="old")), Member(name="m2")])
+    session.add_all([Topic(name="python"), Topic(name="sql")])
 
 
 async def unique_table_update(run: Run) -> None:
@@ -340,7 +444,91 @@ async def merged_parent(run: Run) -> None:
     run.snapshot("commit")
 
 
+def freed(cls: type[Any], free: Callable[[Any], None], reuse: Callable[[int], Any]) -> Any:
+    async def workload(run: Run) -> None:
+        old = (await run.session.scalars(select(cls))).one()
+        free(old)  # natively UPDATEd before the INSERTs
+        new = [reuse(i) for i in range(40)]
+        run.track(old, *new)
+        run.session.add_all(new)
+        await run.session.commit()
+        run.snapshot("commit")
+
+    return workload
+
+
+def _set(**values: Any) -> Callable[[Any], None]:
+    def apply(obj: Any) -> None:
+        for k, v in values.items():
+            setattr(obj, k, v)
+
+    return apply
+
+
+def replaced_badge(move: bool) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        s = run.session
+        m1 = (await s.scalars(select(Member).where(Member.name == "m1"))).one()
+        m2 = (await s.scalars(select(Member).where(Member.name == "m2"))).one()
+        old = await s.scalar(select(Badge))
+        await s.refresh(m1, ["badge"])
+        if move:
+            assert old is not None
+            old.member = m2  # its unique member_id changes before the new badge's INSERT
+            new = Badge(label="new", member=m1)
+        else:
+            new = Badge(label="new")
+            m1.badge = new  # the old badge's member_id becomes NULL first
+        entries = [Entry(id=700 + i, msg=f"e{i}") for i in range(40)]
+        run.track(m1, m2, old, new, *entries)
+        s.add_all([new, *entries])
+        await s.commit()
+        run.snapshot("commit")
+
+    return workload
+
+
+def tagged_articles(loaded: bool, fail: bool) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        s = run.session
+        query = select(Topic).order_by(Topic.id)
+        if loaded:
+            query = query.options(selectinload(Topic.articles))
+        topics = list((await s.scalars(query)).all())
+        articles = [
+            Article(
+                title="dup" if fail and i in (3, 30) else f"a{i}",
+                topics=[topics[i % 2], Topic(name=f"new{i}")],
+            )
+            for i in range(40)
+        ]
+        run.track(*topics, *articles)
+        s.add_all(articles)
+        await s.flush()
+        run.snapshot("flush")
+        await s.commit()
+
+    return workload
+
+
 CASES: dict[str, Callable[[Run], Any]] = {
+    "many-to-many to persistent objects, back reference unloaded": tagged_articles(False, False),
+    "many-to-many to persistent objects, back reference loaded": tagged_articles(True, False),
+    "many-to-many to persistent objects, failing": tagged_articles(False, True),
+    "update frees a partial unique value": freed(
+        Slot, _set(gone=True), lambda i: Slot(v="x" if i == 0 else f"s{i}")
+    ),
+    "update frees an expression unique value": freed(
+        Login, _set(v="other"), lambda i: Login(v="X" if i == 0 else f"l{i}")
+    ),
+    "update frees a database-only unique value": freed(
+        Handle, _set(v="other"), lambda i: Handle(v="x" if i == 0 else f"h{i}")
+    ),
+    "update frees an excluded range": freed(
+        Booking, _set(gone=True), lambda i: Booking(span=Range(5 + 20 * i, 15 + 20 * i))
+    ),
+    "one-to-one child replaced": replaced_badge(move=False),
+    "one-to-one child moved": replaced_badge(move=True),
     "expunged in after_flush": expunged_in_after_flush(listener=False, rollback=False),
     "expunged in after_flush, pending_to_persistent": expunged_in_after_flush(
         listener=True, rollback=False
@@ -361,12 +549,19 @@ CASES: dict[str, Callable[[Run], Any]] = {
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
+    "update frees a partial unique value": ("UPDATE of sl_slot.gone", False),
+    "update frees an expression unique value": ("UPDATE of sl_login.v", False),
+    "update frees a database-only unique value": ("UPDATE of sl_handle.v", False),
+    "update frees an excluded range": ("UPDATE of sl_booking.gone", False),
+    "one-to-one child replaced": ("UPDATE of sl_badge.member_id", True),
+    "one-to-one child moved": ("UPDATE of sl_badge.member_id", True),
     "row switch": ("primary key of an object in the session", True),
     "validated key from an updated parent": ("copies a key with set listeners", False),
     "transient parents re-added": ("primary key changed since the object was persistent", False),
     "reparent under new nodes": ("moves a persistent object", False),
 }
 FAILS = {
+    "many-to-many to persistent objects, failing",
     "unrelated table fails after a parent",
     "history when after_flush raises",
     "native part fails before ours",
