@@ -468,6 +468,12 @@ class FlushRun:
             if info.id_propkey is not None:
                 assert info.id_table is not None
                 meta = metas[info.id_table]
+                if info.id_composite:
+                    # the other key columns: given, defaulted or copied from a parent
+                    known = [st for st in sts if _pks_known(st, info, info.id_propkey)]
+                    if len(known) < len(sts):
+                        reasons.setdefault(m, "a primary key column other than the id is not set")
+                    sts = known
                 if meta.id_ok:
                     candidate.update(sts)
                     continue
@@ -2567,11 +2573,11 @@ def _rechunk(pairs: list[tuple[str, InstanceState[Any]]]) -> list[_Chunk]:
     return out
 
 
-def _pks_known(st: InstanceState[Any], info: MapperInfo) -> bool:
+def _pks_known(st: InstanceState[Any], info: MapperInfo, skip: str | None = None) -> bool:
     d = st.dict
     for ts in info.tables:
         for key in ts.pk_propkeys:
-            if d.get(key) is not None:
+            if key == skip or d.get(key) is not None:
                 continue
             spec = next((s for s in ts.columns if s.propkey == key), None)
             if spec is not None and spec.default_kind in (D_SCALAR, D_CALLABLE):

@@ -23,6 +23,8 @@ differential probing):
   them (a bind processor raising) leaves the earlier rows' fetched and mutable values as
   natively, and association defaults are evaluated after the entities';
 - a self-referencing foreign key without a relationship: natively inserted in insert order;
+- a composite primary key with one sequence-generated column (a tenant id beside an
+  identity, as a partitioned table needs): written by async_batch, ids in insert order;
 - ``sqlalchemy.ext.mutable`` columns (written by async_batch): values a written row loaded
   (a Python default, a fetched server default) are wrapped and tracked, as the
   ``refresh_flush`` event does natively, so later in-place changes are flushed.
@@ -41,9 +43,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import (
+    DDL,
     Column,
     Enum,
     ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
     Integer,
     MetaData,
     String,
@@ -333,6 +338,38 @@ class Twig(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("mf_twig.id"))
 
 
+class Project(Base):
+    __tablename__ = "mf_project"
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(Identity(), primary_key=True)
+    name: Mapped[str]
+    tasks: Mapped[list[Task]] = relationship(back_populates="project")
+
+
+class Task(Base):
+    """Partitioned by tenant (the partition key must be part of the primary key)."""
+
+    __tablename__ = "mf_task"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "project_id"], ["mf_project.tenant_id", "mf_project.id"]
+        ),
+        {"postgresql_partition_by": "LIST (tenant_id)"},
+    )
+    tenant_id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(Identity(), primary_key=True)
+    project_id: Mapped[int]
+    title: Mapped[str]
+    project: Mapped[Project] = relationship(back_populates="tasks")
+
+
+for _ddl in (
+    "CREATE TABLE mf_task_1 PARTITION OF mf_task FOR VALUES IN (1)",
+    "CREATE TABLE mf_task_2 PARTITION OF mf_task FOR VALUES IN (2)",
+):
+    event.listen(Base.metadata, "after_create", DDL(_ddl))
+
+
 ID_SETS: list[Any] = []
 
 
@@ -517,6 +554,18 @@ async def twigs(run: Run) -> None:
     await run.session.flush()
 
 
+async def tenant_projects(run: Run) -> None:
+    projects = [Project(tenant_id=1 + i % 2, name=f"p{i}") for i in range(10)]
+    for i, p in enumerate(projects):
+        p.tasks = [Task(title=f"t{i}.{j}") for j in range(4)]  # tenant copied from the project
+    loose = [Task(tenant_id=1, title="orphan", project=projects[0])]
+    run.track(*projects, *(t for p in projects for t in p.tasks), *loose)
+    run.session.add_all([*projects, *loose])
+    await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+
+
 def _keyed(*make: Callable[[int], Any]) -> Callable[[Run], Any]:
     async def workload(run: Run) -> None:
         objs = [m(i) for m in make for i in range(40)]
@@ -532,6 +581,7 @@ def _keyed(*make: Callable[[int], Any]) -> Callable[[Run], Any]:
 CASES: dict[str, Callable[[Run], Any]] = {
     "mutable columns": mutable_columns,
     "composite attributes": composite_attributes,
+    "composite key with a generated id": tenant_projects,
     "inherited key events, three levels": tiers(None),
     "inherited key events, second table fails": tiers("tier2"),
     "inherited key events, first table fails": tiers("tier1"),
