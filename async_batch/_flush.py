@@ -37,6 +37,7 @@ from ._planner import (
     D_OMIT,
     D_SCALAR,
     D_SERVER,
+    D_SQL,
     MISSING,
     OPAQUE_BIND,
     MapperInfo,
@@ -147,7 +148,7 @@ def _given_always(
             if spec.name in always:
                 key = spec.propkey
                 if (
-                    spec.default_kind in (D_SCALAR, D_CALLABLE)
+                    spec.default_kind in (D_SCALAR, D_CALLABLE, D_SQL)
                     or spec.name in orm_defaulted
                     or any(dicts[st].get(key) is not None for st in states)
                 ):
@@ -1782,6 +1783,12 @@ class FlushRun:
             g[2].append(ts)
 
         jobs: list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]] = []
+        sql_of = {
+            c.name: c.default_value
+            for ts in specs.values()
+            for c in ts.columns
+            if c.default_kind == D_SQL
+        }
         for (okey, _run), (rows, sts, tss) in groups.items():
             names = [n for n in all_names if n not in okey]
             eager = sorted({c for ts in specs.values() for c in ts.eager_server_cols} & set(okey))
@@ -1797,7 +1804,9 @@ class FlushRun:
                         keys = expire_cache[id(ts)] = [
                             s.propkey
                             for s in ts.columns
-                            if s.name in okey and s.default_kind == D_SERVER and s.name not in eager
+                            if s.name in okey
+                            and s.default_kind in (D_SERVER, D_SQL)
+                            and s.name not in eager
                         ]
                     if keys:
                         postfetch.append((st, keys))
@@ -1806,6 +1815,12 @@ class FlushRun:
                 for fk in table.foreign_keys
                 if fk.column.table is table and fk.column.name in names and fk.parent.name in names
             ]
+            # SQL-expression defaults of the columns left out: rendered into the statement
+            sql_defaults = (
+                [(n, sql_of[n]) for n in all_names if n in okey and n in sql_of]
+                if sql_of and okey
+                else []
+            )
             job = _writer.TableJob(
                 tref,
                 schema,
@@ -1818,7 +1833,8 @@ class FlushRun:
                 meta.identity_always,
                 fk_pairs or None,
                 column_oids=meta.column_oids,
-                no_copy=meta.copy_refused(names),
+                no_copy=meta.copy_refused(names) or bool(sql_defaults),
+                sql_defaults=sql_defaults,
             )
             jobs.append((job, sts, postfetch))
         return jobs
@@ -2523,7 +2539,7 @@ def _source_kind(info: MapperInfo, col: Any) -> int:
     ts, spec = found
     if _python_default(ts, spec):
         return _PYTHON
-    if spec.default_kind == D_SERVER:
+    if spec.default_kind in (D_SERVER, D_SQL):
         return _SERVER
     return _SAFE
 

@@ -34,6 +34,7 @@ D_CALLABLE = 2  # Python callable default without context ("prefetch")
 D_SERVER = 3  # server default: omitted from the INSERT ("postfetch"/RETURNING)
 D_OMIT = 4  # no default at all: omitted (the database decides)
 D_NULL = 5  # D_OMIT where the catalog says the column has no default: plain NULL, no bind
+D_SQL = 6  # SQL-expression default: its SQL rendered into the INSERT (the value: that SQL)
 
 MISSING: Any = object()
 OPAQUE_BIND: Any = object()
@@ -150,7 +151,9 @@ def mapper_info(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
     return info
 
 
-def _default_kind(col: Column[Any], mapper: Mapper[Any]) -> tuple[int, Any, str | None]:
+def _default_kind(
+    col: Column[Any], mapper: Mapper[Any], dialect: Any = None
+) -> tuple[int, Any, str | None]:
     """(kind, value, reason-if-unsupported) for a column missing from the parameters."""
     d = col.default
     if d is not None:
@@ -159,7 +162,15 @@ def _default_kind(col: Column[Any], mapper: Mapper[Any]) -> tuple[int, Any, str 
                 return D_SERVER, None, None
             return D_OMIT, None, f"column {col.table.name}.{col.name} has a Sequence default"
         if getattr(d, "is_clause_element", False):
-            return D_OMIT, None, f"column {col.table.name}.{col.name} has a SQL-expression default"
+            sql = _sa.render_default(d, dialect) if dialect is not None else None
+            if sql is None or col.primary_key:
+                return (
+                    D_OMIT,
+                    None,
+                    f"column {col.table.name}.{col.name} has a SQL-expression default",
+                )
+            # rendered into the INSERT as natively, evaluated by the server per row
+            return D_SQL, sql, None
         if getattr(d, "is_callable", False):
             if _sa.is_context_free_callable(d):
                 return D_CALLABLE, d.arg, None  # type: ignore[attr-defined]
@@ -220,7 +231,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
             if col.key in as_none:
                 kind, value, why = D_NONE, None, None
             else:
-                kind, value, why = _default_kind(col, mapper)
+                kind, value, why = _default_kind(col, mapper, dialect)
             if why and not col.primary_key:
                 reasons.append(why)
             if _sa.is_uncast_bind(col, dialect):

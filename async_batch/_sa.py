@@ -803,6 +803,20 @@ def has_bind_expression(column: Column[Any]) -> bool:
     return bool(column.type._has_bind_expression)  # noqa: SLF001
 
 
+def render_default(default: Any, dialect: Any) -> str | None:
+    """The SQL a column's SQL-expression default renders as in an INSERT (``crud.py``: the
+    expression, self-grouped, compiled with the statement); None where it has bound values
+    (natively typed parameters, which a literal would not reproduce exactly) or cannot be
+    rendered on its own."""
+    try:
+        compiled = default.arg.self_group().compile(dialect=dialect)
+    except Exception:
+        return None
+    if compiled.binds:
+        return None
+    return str(compiled)
+
+
 def is_type_decorator(column: Column[Any]) -> bool:
     return isinstance(column.type, sqltypes.TypeDecorator)
 

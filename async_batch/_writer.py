@@ -52,6 +52,8 @@ class TableJob:
     """For executemany: (pk index, fk index) pairs of self-referencing foreign keys."""
     column_oids: Mapping[str, int] = field(default_factory=dict)
     """column name -> type OID, for the result processing of RETURNING values."""
+    sql_defaults: list[tuple[str, str]] = field(default_factory=list)
+    """(column, SQL) for columns whose SQL-expression default the statement renders."""
     no_copy: bool = False
     """Binary COPY cannot write these rows: row-level security is enabled on the table (COPY
     FROM is refused for the roles it applies to, an INSERT is not), or a column's type has
@@ -83,22 +85,30 @@ def _quote(connection: Connection, name: str) -> str:
 
 def write(connection: Connection, job: TableJob, strategy: str) -> list[Any]:
     """Write the job's rows; return RETURNING rows (if any), in no particular order."""
-    cols = ", ".join(_quote(connection, c) for c in job.columns)
+    cols = ", ".join(
+        _quote(connection, c) for c in [*job.columns, *(n for n, _ in job.sql_defaults)]
+    )
     overriding = " OVERRIDING SYSTEM VALUE" if job.overriding else ""
     ret = ""
     if job.returning:
         ret = " RETURNING " + ", ".join(_quote(connection, c) for c in job.returning)
+    defaults = "".join(f", {sql}" for _n, sql in job.sql_defaults)
     if strategy == "unnest":
         casts = ", ".join(
             f"${i}::{job.column_types[c]}[]" for i, c in enumerate(job.columns, start=1)
         )
-        sql = f"INSERT INTO {job.table_ref} ({cols}){overriding} SELECT * FROM unnest({casts}){ret}"
+        if defaults:
+            aliases = ", ".join(f"c{i}" for i in range(1, len(job.columns) + 1))
+            select = f"SELECT {aliases}{defaults} FROM unnest({casts}) AS u({aliases})"
+        else:
+            select = f"SELECT * FROM unnest({casts})"
+        sql = f"INSERT INTO {job.table_ref} ({cols}){overriding} {select}{ret}"
         arrays = tuple(list(col) for col in zip(*job.rows, strict=True)) if job.rows else ()
         result = connection.exec_driver_sql(sql, arrays)
         return list(result.fetchall()) if job.returning else []
     if strategy == "executemany":
         params = ", ".join(f"${i}" for i in range(1, len(job.columns) + 1))
-        sql = f"INSERT INTO {job.table_ref} ({cols}){overriding} VALUES ({params}){ret}"
+        sql = f"INSERT INTO {job.table_ref} ({cols}){overriding} VALUES ({params}{defaults}){ret}"
         rows = _parents_first(job.rows, job.self_ref) if job.self_ref else job.rows
         if job.returning:
             _sa.ensure_transaction(connection)

@@ -13,6 +13,9 @@
 - After a failed flush, an attribute explicitly set to None over a Python default keeps its
   pending history.
 - Each engine's own ``json_serializer`` is used.
+- SQL-expression defaults without bound values (``func.current_user()``, a ``text()``
+  ``nextval``) are rendered into async_batch's INSERT as natively, evaluated per row in insert
+  order; their values are fetched or expired as natively.
 - A value the native batched INSERT sends as an untyped parameter (an ``ipaddress`` object
   for INET or CIDR, an int for a DOMAIN over integer) that asyncpg takes only as ``str``
   there: natively a batch of rows whose keys the database generates fails, one row or rows
@@ -295,6 +298,35 @@ async def _untyped(run: Run) -> None:
         column.type = typed
 
 
+class Stamp(Base):
+    """SQL-expression defaults: evaluated by the server per row."""
+
+    __tablename__ = "vc_stamp"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    who: Mapped[str] = mapped_column(String(60), default=sqlalchemy.func.current_user())
+    n: Mapped[int] = mapped_column(default=text("nextval('vc_stamp_n')"))
+    label: Mapped[str | None] = mapped_column(String(20))
+
+
+class QuietStamp(Base):
+    """The same, not fetched back: expired once the row is written."""
+
+    __tablename__ = "vc_quiet_stamp"
+    __mapper_args__ = {"eager_defaults": False}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(default=text("nextval('vc_stamp_n')"))
+
+
+def _stamps(fail: bool = False) -> list[Any]:
+    objs: list[Any] = [Stamp(label=f"s{i}") for i in range(40)]
+    if fail:
+        objs[20].label = "x" * 200  # too long: the flush fails
+    else:
+        objs[7].n = 1000  # mixed key sets: this one gives its own
+    objs += [QuietStamp() for _ in range(10)]
+    return objs
+
+
 class Level(Base):
     __tablename__ = "vc_level"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -413,6 +445,8 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "untyped parameter, key copied from a loaded parent": _connections,
     "untyped parameter, TypeDecorator bound once": _bound_once,
     "untyped parameter, no type": _untyped,
+    "SQL-expression defaults": _commit(_stamps),
+    "SQL-expression defaults, failing": _commit(lambda: _stamps(fail=True)),
     "untyped parameter, domain over integer": _commit(
         lambda: [Level(level=i + 1) for i in range(40)]
     ),
@@ -429,6 +463,7 @@ STAYS_NATIVE = {
     "untyped parameter, TypeDecorator bound once": "vc_router2.addr holds a IPv4Address",
 }
 FAILS = {
+    "SQL-expression defaults, failing",
     "untyped parameter, callable default",
     "untyped parameter, key copied from a loaded parent",
     "untyped parameter, no type",
@@ -454,6 +489,7 @@ def values_dsn(database_dsn: str) -> str:
             async with engine.begin() as conn:
                 await conn.execute(text("ALTER TABLE vc_amount ALTER amount TYPE numeric(12, 4)"))
                 await conn.execute(text("ALTER TABLE vc_span ALTER length TYPE interval"))
+                await conn.execute(text("CREATE SEQUENCE IF NOT EXISTS vc_stamp_n"))
         finally:
             await engine.dispose()
 
@@ -469,7 +505,7 @@ def test_values_match_native(values_dsn: str, case: str) -> None:
             CASES[case],
             MODES,
             metadata=Base.metadata,
-            sequences=["vc_numbered_seqno_seq"],
+            sequences=["vc_numbered_seqno_seq", "vc_stamp_n"],
         )
     )
     assert (native.error is not None) == (case in FAILS), native.error
