@@ -634,8 +634,15 @@ class FlushRun:
             moved = {s for s in fast if s.manager.mapper.base_mapper in unordered}
             for st in moved:
                 reasons.setdefault(st.manager.mapper, unordered[st.manager.mapper.base_mapper])
-            _spread(moved, links, candidate, reasons)
-            fast = [s for s in fast if s not in moved]
+            kept_fast = set(fast) - moved
+            native_now = {s for s in states if s not in kept_fast}
+            while True:
+                # as in step 2: linked objects go along, and a table's callable default is
+                # evaluated in insert order across all its objects
+                _spread(native_now, links, candidate, reasons)
+                if not _split_callable_tables(by_mapper, infos, native_now, reasons):
+                    break
+            fast = [s for s in fast if s not in native_now]
 
         self._mark("links")
         # 3. table order; a cycle between tables stays native
@@ -2212,6 +2219,15 @@ def _unordered_foreign_keys(
             if r_owner is None or r_owner is t_owner:
                 continue
             if frozenset((t_owner, r_owner)) in related:
+                # ordered by the relationship: natively the referenced rows go first; ours go
+                # before the unit of work's, so a row of ours given (not linked to) the key of
+                # a new row it writes would come first
+                if t in ours and r in theirs and fk.parent.table is t:
+                    why = _keyed_to_native(
+                        fk, t, r, fast_mappers, infos, dicts, by_mapper, fast_set
+                    )
+                    if why:
+                        clash.setdefault(t_owner, why)
                 continue
             if ranks is None:
                 ranks = _mapper_ranks({m.base_mapper for m in by_mapper}, infos)
@@ -2229,6 +2245,53 @@ def _unordered_foreign_keys(
             if t in theirs and r_ours and child_first:
                 clash.setdefault(r_owner, why)
     return clash
+
+
+def _keyed_to_native(
+    fk: Any,
+    table: Table,
+    referenced: Table,
+    fast_mappers: set[Any],
+    infos: dict[Any, MapperInfo],
+    dicts: Mapping[InstanceState[Any], dict[str, Any]],
+    by_mapper: Mapping[Any, list[InstanceState[Any]]],
+    fast_set: set[InstanceState[Any]] | None,
+) -> str | None:
+    """Why our new rows of ``table`` must stay native, if one's foreign key ``fk`` holds the
+    known key of a new row of ``referenced`` the unit of work writes (natively before it)."""
+    target = fk.column
+    keys: set[Any] = set()
+    for m, sts in by_mapper.items():
+        for ts in infos[m].tables:
+            if ts.table is not referenced:
+                continue
+            key = next((c.propkey for c in ts.columns if c.column is target), None)
+            if key is None:
+                continue
+            for st in sts:
+                if fast_set is not None and st in fast_set:
+                    continue
+                if fast_set is None and m in fast_mappers:
+                    continue
+                v = dicts[st].get(key)
+                if v is not None:
+                    keys.add(v)
+    if not keys:
+        return None
+    for m in fast_mappers:
+        for ts in infos[m].tables:
+            if ts.table is not table:
+                continue
+            key = next((c.propkey for c in ts.columns if c.column is fk.parent), None)
+            if key is None:
+                continue
+            for st in by_mapper[m]:
+                if (fast_set is None or st in fast_set) and dicts[st].get(key) in keys:
+                    return (
+                        f"foreign key {table.name}.{fk.parent.name} is given the key of a new "
+                        f"{referenced.name} row the native flush writes (first)"
+                    )
+    return None
 
 
 def _self_reference_unordered(
@@ -2622,6 +2685,7 @@ def _depths(
     """Depth of each state in the self-referential parent/child graph of the states the
     unit of work saves in this flush (new and updated alike: both are levels of its sort)."""
     members = set(states)
+    outside: set[InstanceState[Any]] = set()
     parent: dict[InstanceState[Any], InstanceState[Any]] = {}
     for st in states:
         m = st.manager.mapper
@@ -2633,15 +2697,20 @@ def _depths(
         if found is None:
             found = links[st] = related_states(st, info, pending=st.key is not None)
         for rel, other in found:
-            if other is None or other not in members:
+            if other is None or rel.prop.mapper.base_mapper is not base:
                 continue
-            if rel.prop.mapper.base_mapper is not base:
+            if other not in members:
+                if rel.direction is MANYTOONE and other.key is not None:
+                    # a persistent parent outside the flush is a node of the unit of work's
+                    # per-object sort all the same (its many-to-one processor): a top one
+                    parent.setdefault(st, other)
+                    outside.add(other)
                 continue
             if rel.direction is MANYTOONE:
                 parent.setdefault(st, other)
             elif rel.direction is ONETOMANY:
                 parent.setdefault(other, st)
-    depth: dict[InstanceState[Any], int] = {}
+    depth: dict[InstanceState[Any], int] = dict.fromkeys(outside, 0)
     for st in states:
         chain = []
         cur: InstanceState[Any] | None = st

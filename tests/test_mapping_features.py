@@ -23,6 +23,9 @@ differential probing):
   them (a bind processor raising) leaves the earlier rows' fetched and mutable values as
   natively, and association defaults are evaluated after the entities';
 - a self-referencing foreign key without a relationship: natively inserted in insert order;
+- a foreign key set by value (not through its relationship) to a new row the native part
+  writes (natively first): those objects stay native; and objects moved to the native part
+  by foreign-key order take the other objects of a table with a callable default along;
 - a composite primary key with one sequence-generated column (a tenant id beside an
   identity, as a partitioned table needs): written by async_batch, ids in insert order;
 - ``sqlalchemy.ext.mutable`` columns (written by async_batch): values a written row loaded
@@ -370,6 +373,57 @@ for _ddl in (
     event.listen(Base.metadata, "after_create", DDL(_ddl))
 
 
+class Depot(Base):
+    """Written natively (a before_insert listener); related to Bay."""
+
+    __tablename__ = "mf_depot"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bays: Mapped[list[Bay]] = relationship(back_populates="depot")
+
+
+@event.listens_for(Depot, "before_insert")
+def _depot_hook(_mapper: Any, _conn: Any, _target: Any) -> None:
+    pass
+
+
+class Bay(Base):
+    __tablename__ = "mf_bay"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    depot_id: Mapped[int] = mapped_column(ForeignKey("mf_depot.id"))
+    depot: Mapped[Depot] = relationship(back_populates="bays")
+
+
+COUNTER: list[int] = []
+
+
+def _count() -> str:
+    COUNTER.append(len(COUNTER) + 1)
+    return f"c{COUNTER[-1]}"
+
+
+class Zone(Base):
+    """A callable default; some zones link to a shelf that goes native (foreign-key order)."""
+
+    __tablename__ = "mf_zone"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(10), default=_count)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("mf_zshelf.id"))
+    shelf: Mapped[ZShelf | None] = relationship()
+
+
+class ZShelf(Base):
+    __tablename__ = "mf_zshelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class AZNote(Base):
+    """References ZShelf without a relationship; saved before it (class names)."""
+
+    __tablename__ = "mf_aznote"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("mf_zshelf.id"))
+
+
 ID_SETS: list[Any] = []
 
 
@@ -566,6 +620,20 @@ async def tenant_projects(run: Run) -> None:
     await run.session.commit()
 
 
+async def zones(run: Run) -> None:
+    COUNTER.clear()
+    shelves = [ZShelf() for _ in range(5)]
+    objs: list[Any] = []
+    for i in range(40):
+        objs.append(Zone(shelf=shelves[i % 5]) if i % 2 == 0 else Zone())
+    note = AZNote()
+    run.track(*objs, *shelves, note)
+    run.session.add_all([*objs, note])
+    await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+
+
 def _keyed(*make: Callable[[int], Any]) -> Callable[[Run], Any]:
     async def workload(run: Run) -> None:
         objs = [m(i) for m in make for i in range(40)]
@@ -590,6 +658,10 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "sequence shared with native objects": _keyed(
         lambda i: Sign(x=i), lambda i: Banner(x=i, label="b")
     ),
+    "foreign key by value to a native new row": _keyed(
+        lambda i: Depot(id=100 + i), lambda i: Bay(depot_id=100 + i)
+    ),
+    "callable default table beside a foreign-key-order fallback": zones,
     "foreign key without relationship, child first": _keyed(
         lambda i: BParent(id=100 + i), lambda i: AChild(parent_id=100 + i)
     ),
@@ -606,6 +678,8 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "inherited key set events": inherited_key_events,
 }
 STAYS_NATIVE = {
+    "foreign key by value to a native new row": "is given the key of a new mf_depot row",
+    "callable default table beside a foreign-key-order fallback": "without a relationship",
     "sequence shared with native objects": "shares its id sequence with new Sign objects",
     "listener added after a first flush": "before_insert/after_insert listeners",
     "foreign key without relationship, native parent first": "mf_bpet.owner_id -> mf_aowner "
