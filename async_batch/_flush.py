@@ -2247,6 +2247,18 @@ def _unordered_foreign_keys(
     return clash
 
 
+def _column_keys(
+    mappers: Iterable[Any], infos: dict[Any, MapperInfo], table: Table, column: Any
+) -> Iterator[tuple[Any, str]]:
+    """(mapper, its attribute key for ``column`` of ``table``) for the mappers writing it."""
+    for m in mappers:
+        for ts in infos[m].tables:
+            if ts.table is table:
+                key = next((c.propkey for c in ts.columns if c.column is column), None)
+                if key is not None:
+                    yield m, key
+
+
 def _keyed_to_native(
     fk: Any,
     table: Table,
@@ -2259,38 +2271,22 @@ def _keyed_to_native(
 ) -> str | None:
     """Why our new rows of ``table`` must stay native, if one's foreign key ``fk`` holds the
     known key of a new row of ``referenced`` the unit of work writes (natively before it)."""
-    target = fk.column
+
+    def ours(m: Any, st: InstanceState[Any]) -> bool:
+        return m in fast_mappers if fast_set is None else st in fast_set
+
     keys: set[Any] = set()
-    for m, sts in by_mapper.items():
-        for ts in infos[m].tables:
-            if ts.table is not referenced:
-                continue
-            key = next((c.propkey for c in ts.columns if c.column is target), None)
-            if key is None:
-                continue
-            for st in sts:
-                if fast_set is not None and st in fast_set:
-                    continue
-                if fast_set is None and m in fast_mappers:
-                    continue
-                v = dicts[st].get(key)
-                if v is not None:
-                    keys.add(v)
+    for m, key in _column_keys(by_mapper, infos, referenced, fk.column):
+        keys.update(dicts[st].get(key) for st in by_mapper[m] if not ours(m, st))
+    keys.discard(None)
     if not keys:
         return None
-    for m in fast_mappers:
-        for ts in infos[m].tables:
-            if ts.table is not table:
-                continue
-            key = next((c.propkey for c in ts.columns if c.column is fk.parent), None)
-            if key is None:
-                continue
-            for st in by_mapper[m]:
-                if (fast_set is None or st in fast_set) and dicts[st].get(key) in keys:
-                    return (
-                        f"foreign key {table.name}.{fk.parent.name} is given the key of a new "
-                        f"{referenced.name} row the native flush writes (first)"
-                    )
+    for m, key in _column_keys(fast_mappers, infos, table, fk.parent):
+        if any(ours(m, st) and dicts[st].get(key) in keys for st in by_mapper[m]):
+            return (
+                f"foreign key {table.name}.{fk.parent.name} is given the key of a new "
+                f"{referenced.name} row the native flush writes (first)"
+            )
     return None
 
 
@@ -2305,24 +2301,17 @@ def _self_reference_unordered(
 ) -> str | None:
     """Why a self-referencing foreign key no relationship covers keeps the base mapper's
     objects native, if some of ours set it."""
-    for m in fast_mappers:
-        if m.base_mapper is not base:
-            continue
+    mine = [m for m in fast_mappers if m.base_mapper is base]
+    for m in mine:
         for rel in infos[m].relationships:
             if rel.prop.mapper.base_mapper is base and any(r is fk.parent for _l, r in rel.pairs):
                 return None
-    for m in fast_mappers:
-        if m.base_mapper is not base:
-            continue
-        for ts in infos[m].tables:
-            if ts.table is not table:
-                continue
-            key = next((c.propkey for c in ts.columns if c.column is fk.parent), None)
-            if key is not None and any(dicts[st].get(key) is not None for st in by_mapper[m]):
-                return (
-                    f"foreign key {table.name}.{fk.parent.name} references its own table "
-                    "without a relationship: the unit of work inserts the rows in insert order"
-                )
+    for m, key in _column_keys(mine, infos, table, fk.parent):
+        if any(dicts[st].get(key) is not None for st in by_mapper[m]):
+            return (
+                f"foreign key {table.name}.{fk.parent.name} references its own table "
+                "without a relationship: the unit of work inserts the rows in insert order"
+            )
     return None
 
 
@@ -2685,7 +2674,6 @@ def _depths(
     """Depth of each state in the self-referential parent/child graph of the states the
     unit of work saves in this flush (new and updated alike: both are levels of its sort)."""
     members = set(states)
-    outside: set[InstanceState[Any]] = set()
     parent: dict[InstanceState[Any], InstanceState[Any]] = {}
     for st in states:
         m = st.manager.mapper
@@ -2697,20 +2685,15 @@ def _depths(
         if found is None:
             found = links[st] = related_states(st, info, pending=st.key is not None)
         for rel, other in found:
-            if other is None or rel.prop.mapper.base_mapper is not base:
+            if other is None or other not in members:
                 continue
-            if other not in members:
-                if rel.direction is MANYTOONE and other.key is not None:
-                    # a persistent parent outside the flush is a node of the unit of work's
-                    # per-object sort all the same (its many-to-one processor): a top one
-                    parent.setdefault(st, other)
-                    outside.add(other)
+            if rel.prop.mapper.base_mapper is not base:
                 continue
             if rel.direction is MANYTOONE:
                 parent.setdefault(st, other)
             elif rel.direction is ONETOMANY:
                 parent.setdefault(other, st)
-    depth: dict[InstanceState[Any], int] = dict.fromkeys(outside, 0)
+    depth: dict[InstanceState[Any], int] = {}
     for st in states:
         chain = []
         cur: InstanceState[Any] | None = st

@@ -23,9 +23,7 @@
   or an exclusion constraint, or where the UPDATE comes from a relationship (a one-to-one
   child replaced, or moved to another parent, with a unique foreign key);
 - new objects linked many-to-many (both directions mapped) to persistent objects, which the
-  back reference makes part of the flush: their association rows are written once;
-- new nodes of a self-referencing mapper under a persistent node, interleaved with new top
-  nodes: the persistent node is a level of the unit of work's sort, so they come after.
+  back reference makes part of the flush: their association rows are written once.
 """
 
 from __future__ import annotations
@@ -164,16 +162,6 @@ def _before_insert(_mapper: Any, _conn: Any, _target: Any) -> None:
     pass
 
 
-class Branch(Base):
-    """Self-referencing with a many-to-one only (no collection on the parent)."""
-
-    __tablename__ = "sl_branch"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("sl_branch.id"))
-    parent: Mapped[Branch | None] = relationship(remote_side=[id])
-
-
 class Slot(Base):
     """Unique only where not ``gone`` (a partial index: a soft delete frees the value)."""
 
@@ -265,7 +253,6 @@ async def setup(session: Any) -> None:
     session.add_all([Slot(v="x"), Login(v="x"), Handle(v="x"), Booking(span=Range(1, 10))])
     session.add_all([Member(name="m1", badge=Badge(label="old")), Member(name="m2")])
     session.add_all([Topic(name="python"), Topic(name="sql")])
-    session.add(Branch(name="root"))
 
 
 async def unique_table_update(run: Run) -> None:
@@ -524,20 +511,7 @@ def tagged_articles(loaded: bool, fail: bool) -> Callable[[Run], Any]:
     return workload
 
 
-async def under_persistent_node(run: Run) -> None:
-    root = (await run.session.scalars(select(Branch))).one()
-    new: list[Branch] = []
-    for i in range(20):
-        new += [Branch(name=f"child{i}", parent=root), Branch(name=f"top{i}")]
-    run.track(*new)
-    run.session.add_all(new)
-    await run.session.flush()
-    run.snapshot("flush")
-    await run.session.commit()
-
-
 CASES: dict[str, Callable[[Run], Any]] = {
-    "new nodes under a persistent node": under_persistent_node,
     "many-to-many to persistent objects, back reference unloaded": tagged_articles(False, False),
     "many-to-many to persistent objects, back reference loaded": tagged_articles(True, False),
     "many-to-many to persistent objects, failing": tagged_articles(False, True),
