@@ -143,13 +143,12 @@ def _given_always(
         always = metas[ts.table].always_columns
         if not always:
             continue
-        orm_defaulted = {name for _k, name, _v in ts.orm_defaults}
         for spec in ts.columns:
             if spec.name in always:
                 key = spec.propkey
                 if (
-                    spec.default_kind in (D_SCALAR, D_CALLABLE, D_SQL)
-                    or spec.name in orm_defaulted
+                    _python_default(ts, spec)
+                    or spec.default_kind == D_SQL
                     or any(dicts[st].get(key) is not None for st in states)
                 ):
                     return (
@@ -807,12 +806,8 @@ class FlushRun:
         is not a ``str`` and the foreign key column is bound without a cast (``_uncast_value``:
         an INET key loaded as an ``ipaddress`` object); whether it was."""
         src, dst = (other, st) if rel.direction is MANYTOONE else (st, other)
-        sd = self._dicts.get(src)
-        if sd is None:
-            sd = src.dict
         for left, r in rel.uncast_pairs:
-            key = _sa.propkey_for(src, left)
-            v = sd[key] if key in sd else _sa.get_by_column(src, left)
+            v = _sa.get_by_column(src, left)
             if v is not None and not isinstance(v, str):
                 bad.add(dst)
                 mapper = dst.manager.mapper
@@ -1278,11 +1273,10 @@ class FlushRun:
 
     def _stage(self, st: InstanceState[Any], when: int) -> int:
         """Stage (see _revert) of a change to this object the unit of work makes
-        ``_AFTER_SAVED`` (once all its rows are written: a mapper's save), ``_AFTER_FIRST``
-        (once its first, inherited base table is written), ``_BEFORE_SAVED`` (just before
-        its first table is written: a dependency processor's copy from an object that is not
-        written) or ``_COPIED`` (a dependency processor's copy from this written object: in
-        the unit of work's next layer of actions after its save)."""
+        ``_AFTER_FIRST`` (once its first, inherited base table is written), ``_BEFORE_SAVED``
+        (just before its first table is written: a dependency processor's copy from an object
+        that is not written) or ``_COPIED`` (a dependency processor's copy from this written
+        object: in the unit of work's next layer of actions after its save)."""
         m = st.manager.mapper
         key = (id(m), when)
         rid = self._req_ids.get(key)
@@ -1290,7 +1284,7 @@ class FlushRun:
             tables = [ts.table for ts in self._infos[m].tables]
             rid = self._req(
                 key,
-                tables if when in (_AFTER_SAVED, _COPIED) else tables[:1],
+                tables if when == _COPIED else tables[:1],
                 {_BEFORE_SAVED: _REQ_BEFORE, _COPIED: _REQ_LAYER}.get(when, _REQ_AFTER),
             )
         return rid
@@ -2109,7 +2103,7 @@ def _without(
 
 
 _SAFE, _PYTHON, _SERVER = 0, 1, 2
-_AFTER_SAVED, _AFTER_FIRST, _BEFORE_SAVED, _COPIED = 0, 1, 2, 3
+_AFTER_FIRST, _BEFORE_SAVED, _COPIED = 1, 2, 3
 # how a stage's tables decide it (see _req)
 _REQ_AFTER, _REQ_BEFORE, _REQ_LAYER = 0, 1, 2
 

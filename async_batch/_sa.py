@@ -231,11 +231,9 @@ def _relationship_changed_columns(state: InstanceState[Any], prop: Any) -> list[
 def bind_cast_type(col: Column[Any], dialect: Any) -> str | None:
     """The type a native INSERT casts this column's parameter to (``$n::<type>``, the
     asyncpg dialect's bind casts; ``PGCompiler.render_bind_cast``), or None without a cast."""
-    if not getattr(dialect, "_bind_typing_render_casts", False):
+    if not getattr(dialect, "_bind_typing_render_casts", False) or is_uncast_bind(col, dialect):
         return None
     impl = col.type._unwrapped_dialect_impl(dialect)  # noqa: SLF001
-    if not impl.render_bind_cast:
-        return None
     if impl._type_affinity is sqltypes.String and getattr(impl, "length", None):  # noqa: SLF001
         impl = sqltypes.STRINGTYPE
     return str(dialect.type_compiler_instance.process(impl))
