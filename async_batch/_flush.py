@@ -713,8 +713,9 @@ class FlushRun:
             fast_groups = defaultdict(list)
             for st in fast:
                 fast_groups[st.manager.mapper].append(st)
+        self_ref = _self_referencing_bases(infos)
         for m, sts in fast_groups.items():
-            if infos[m].self_referential and len(sts) > 1:
+            if m.base_mapper in self_ref and len(sts) > 1:
                 # rows (and their Python defaults, and any value the server computes per row)
                 # in the unit of work's order: level by level, parents first
                 self._levels(m.base_mapper, infos, dialect)
@@ -1015,7 +1016,7 @@ class FlushRun:
         sources_in_order = list(need.values())
         if len(sources_in_order) > 1:
             # tables may share one sequence: draw for them in the order the unit of work
-            # saves their mappers
+            # saves their mappers, and a hierarchy's tables (concrete inheritance)
             # (each chunk holds the states of one mapper: its first state tells which)
             ranks = _mapper_ranks(
                 {
@@ -1027,19 +1028,25 @@ class FlushRun:
             )
             sources_in_order.sort(
                 key=lambda e: min(
-                    ranks.get(sts[0].manager.mapper.base_mapper, 0) for _k, sts in e[1]
+                    (
+                        ranks.get(sts[0].manager.mapper.base_mapper, 0),
+                        _table_position(sts[0].manager.mapper, infos),
+                    )
+                    for _k, sts in e[1]
                 )
             )
+        self_ref = _self_referencing_bases(infos)
         for src, chunks in sources_in_order:
-            first = chunks[0][1][0]
             depth: dict[InstanceState[Any], int] = {}
-            if infos[first.manager.mapper].self_referential:
-                # the unit of work inserts a self-referencing mapper level by level (parents
-                # first), numbering rows in that order: hand out ids the same way
-                depth = self._levels(first.manager.mapper.base_mapper, infos, conn.dialect)
+            for base in {sts[0].manager.mapper.base_mapper for _k, sts in chunks} & self_ref:
+                # the unit of work inserts a self-referencing hierarchy level by level (parents
+                # first), numbering rows in that order: hand out ids the same way (the
+                # relationship may be declared on a subclass only)
+                depth.update(self._levels(base, infos, conn.dialect))
             if depth or len(chunks) > 1:
                 # fast and native objects, or several mappers, may share a sequence: number
                 # them all in the unit of work's order -- mapper by mapper as it sorts them,
+                # a hierarchy table by table as its save writes them (concrete inheritance),
                 # then in insert order (by level first, for a self-referencing mapper)
                 rank = _mapper_ranks(
                     {st.manager.mapper.base_mapper for _k, sts in chunks for st in sts}, infos
@@ -1047,6 +1054,7 @@ class FlushRun:
                 merged = [
                     (
                         rank.get(st.manager.mapper.base_mapper, 0),
+                        _table_position(st.manager.mapper, infos),
                         depth.get(st, 0),
                         _sa.insert_order(st),
                         key,
@@ -1055,8 +1063,8 @@ class FlushRun:
                     for key, sts in chunks
                     for st in sts
                 ]
-                merged.sort(key=lambda e: (e[0], e[1], e[2]))
-                chunks = _rechunk([(key, st) for _r, _d, _o, key, st in merged])
+                merged.sort(key=lambda e: e[:4])
+                chunks = _rechunk([(key, st) for *_order, key, st in merged])
             ordered.append((src, chunks))
         # validate every cached lookup whose table name search_path resolves, in the same trip
         checked = [
@@ -2136,10 +2144,12 @@ def _native_table_order(
     """The tables in foreign-key order, and otherwise in the order the unit of work saves
     their mappers (which decides what a failure leaves written, and the order triggers see
     rows in): among the tables whose references are written, the one of the earliest mapper
-    (a link table right after the tables it references), ties in the given order."""
+    (a link table right after the tables it references); one mapper hierarchy's tables in the
+    order its save writes them (``_sorted_tables``), other ties in the given order."""
     owner = _table_owners(mappers, infos)
     ranks = _mapper_ranks(set(owner.values()), infos)
     index = {t: i for i, t in enumerate(tables)}
+    within = {t: _sa.sorted_tables(m).index(t) for t, m in owner.items()}
     refs = {
         t: {fk.column.table for fk in t.foreign_keys if fk.column.table in index} - {t}
         for t in tables
@@ -2158,7 +2168,7 @@ def _native_table_order(
         ready = [t for t in pending if refs[t] <= done]
         if not ready:  # pragma: no cover - a cycle was ruled out before
             return tables
-        nxt = min(ready, key=lambda t: (rank[t], index[t]))
+        nxt = min(ready, key=lambda t: (rank[t], within.get(t, 0), index[t]))
         out.append(nxt)
         done.add(nxt)
         pending.remove(nxt)
@@ -2433,10 +2443,23 @@ def _sort_tables(tables: Iterable[Table]) -> tuple[list[Table], list[Any]]:
     return [t for t, _ in ordered if t is not None], list(leftover)
 
 
+def _table_position(mapper: Any, infos: dict[Any, MapperInfo]) -> int:
+    """Where the mapper's id table comes in its hierarchy's save (``_sorted_tables``)."""
+    table = infos[mapper].id_table
+    tables = _sa.sorted_tables(mapper)
+    return tables.index(table) if table in tables else 0
+
+
+def _self_referencing_bases(infos: dict[Any, MapperInfo]) -> set[Any]:
+    """Base mappers of the flush with a relationship within their own hierarchy (declared on
+    any of its mappers): the unit of work sorts their objects level by level."""
+    return {m.base_mapper for m, info in infos.items() if info.self_referential}
+
+
 def _cyclic_bases(infos: dict[Any, MapperInfo]) -> set[Any]:
     """Base mappers the unit of work may save object by object: self-referencing ones, and
     those whose tables form a cycle of foreign keys with other tables of the flush."""
-    out = {m.base_mapper for m, info in infos.items() if info.self_referential}
+    out = _self_referencing_bases(infos)
     tables: dict[Table, Any] = {}
     for m, info in infos.items():
         for ts in info.tables:
