@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import ipaddress
 import itertools
 import operator
 import time
@@ -106,14 +107,20 @@ def _uncast_value(
     something else than ``str`` (an ``ipaddress`` object for INET, an int for a DOMAIN over
     integer: asyncpg rejects it as text there, in a batch of several rows whose keys the
     database generates), or a ``str`` the server parses where asyncpg's encoder for the
-    column's type would not take it (a ``point`` or a range given as text)."""
+    column's type would not take it the same way (a ``point`` or a range given as text; an
+    INET/CIDR string, which asyncpg parses with ``ipaddress``: zero-padded octets refused,
+    a zone index accepted)."""
     for key, table, name, bind, default in uncast:
-        from_str = name in metas[table].from_str_columns
+        meta = metas[table]
+        from_str = name in meta.from_str_columns
+        ip_parse = _IP_PARSERS.get(meta.column_types.get(name, ""))
         for st in states:
             v = dicts[st].get(key)
             if v is None:
                 v = default  # None too: a None value is left out, and the default used
             if v is None or (from_str and type(v) is str):
+                continue
+            if ip_parse is not None and type(v) is str and _ip_alike(ip_parse, v):
                 continue
             if bind is OPAQUE_BIND:
                 pass  # a TypeDecorator: what it sends is unknown without calling it
@@ -124,11 +131,41 @@ def _uncast_value(
                     return f"column {table.name}.{name}: its value {v!r} fails to bind-process"
                 if v is None or (from_str and isinstance(v, str)):
                     continue
+                if ip_parse is not None and type(v) is str and _ip_alike(ip_parse, v):
+                    continue
+            if type(v) is str:
+                return (
+                    f"column {table.name}.{name} holds {v!r}, which the native batched "
+                    "INSERT has the server parse, and asyncpg would parse otherwise"
+                )
             return (
                 f"column {table.name}.{name} holds a {type(v).__name__}, which the native "
                 "batched INSERT sends as an untyped parameter"
             )
     return None
+
+
+_IP_PARSERS: dict[str, Callable[[str], Any]] = {
+    "inet": ipaddress.ip_interface,
+    "cidr": ipaddress.ip_network,
+}
+
+
+def _ip_alike(parse: Callable[[str], Any], v: str) -> bool:
+    """Whether asyncpg's INET/CIDR encoder (Python's ``ipaddress``) takes this string as
+    PostgreSQL's input function does: no zone index, a numeric prefix length (no netmask
+    form), and one ``ipaddress`` accepts (it refuses zero-padded octets and abbreviated
+    networks, which the server takes)."""
+    if "%" in v:
+        return False
+    _addr, slash, prefix = v.partition("/")
+    if slash and not prefix.isdigit():
+        return False
+    try:
+        parse(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _given_always(

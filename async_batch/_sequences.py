@@ -201,15 +201,16 @@ SELECT
   EXISTS (SELECT 1 FROM pg_index i
            WHERE i.indrelid = to_regclass($1) AND (i.indisunique OR i.indisexclusion)
              AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)) AS unique_any,
-  -- columns whose values asyncpg sends from a str (a string type, or one it parses: json,
-  -- xml, inet, uuid, an enum; or one it can only send as text), domains by their base type
+  -- columns whose values asyncpg sends from a str as the server would parse it (a string
+  -- type, json, xml, uuid, an enum; or one it can only send as text), domains by their base
+  -- type; not inet/cidr, whose str asyncpg parses with Python's ipaddress (other rules)
   (SELECT array_agg(a.attname::text) FROM pg_attribute a
      JOIN pg_type t0 ON t0.oid = a.atttypid
      JOIN pg_type t ON t.oid = CASE WHEN t0.typtype = 'd' THEN t0.typbasetype ELSE t0.oid END
     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
       AND (t.typcategory = 'S' OR t.typtype = 'e'
            OR t.oid IN ('json'::regtype, 'jsonb'::regtype, 'jsonpath'::regtype,
-                        'xml'::regtype, 'inet'::regtype, 'cidr'::regtype, 'uuid'::regtype)
+                        'xml'::regtype, 'uuid'::regtype)
            OR (t.typtype = 'b' AND t.typcategory <> 'A'
                AND NOT (t.typnamespace = 'pg_catalog'::regnamespace
                         AND t.typname = ANY (@BINARY@::text[]))))) AS from_str

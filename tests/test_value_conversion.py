@@ -23,6 +23,9 @@
   objects getting such a value from a callable default, or copied into a foreign key from a
   loaded parent (an INET natural key); a ``TypeDecorator``'s bind is not called to check
   (natively it runs once per value); a column without a type (``NullType``) stays native.
+  So does an INET/CIDR string asyncpg would parse otherwise than the server does
+  (``ipaddress`` refuses zero-padded octets and abbreviated networks, and takes a zone index
+  and a netmask).
 """
 
 from __future__ import annotations
@@ -333,12 +336,16 @@ class Level(Base):
     level: Mapped[int] = mapped_column(DOMAIN("vc_positive", Integer, check="VALUE > 0"))
 
 
-def _hosts(objects: bool, keyed: bool = False) -> Callable[[], list[Any]]:
+def _hosts(objects: bool, keyed: bool = False, odd: str | None = None) -> Callable[[], list[Any]]:
     def make() -> list[Any]:
         hosts = []
         for i in range(40):
             addr: Any = f"10.0.0.{i}"
             net: Any = "10.1.0.0/16" if i % 2 else None
+            if odd == "server-parsed" and i % 7 == 3:
+                addr, net = f"010.000.000.{i:03d}", "10/8"  # the server takes them, not ipaddress
+            if odd == "zone index" and i == 20:
+                addr = "fe80::1%eth0"  # ipaddress takes it, not the server
             if objects:
                 addr = ipaddress.ip_address(addr)
                 net = net and ipaddress.ip_network(net)
@@ -435,6 +442,8 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "float precision": _commit(lambda: [Ratio(value=i / 3) for i in range(40)]),
     "untyped parameter, str": _commit(_hosts(objects=False)),
     "untyped parameter, ipaddress objects": _commit(_hosts(objects=True)),
+    "untyped parameter, str the server parses": _commit(_hosts(objects=False, odd="server-parsed")),
+    "untyped parameter, str with a zone index": _commit(_hosts(objects=False, odd="zone index")),
     "untyped parameter, ipaddress objects, keys given": _commit(_hosts(objects=True, keyed=True)),
     "untyped parameter, object default, keys given": _commit(
         lambda: [Router(id=i + 1) for i in range(40)]
@@ -461,6 +470,7 @@ STAYS_NATIVE = {
     "untyped parameter, ipaddress objects, keys given": "vc_host.addr holds a IPv4Address",
     "untyped parameter, object default, keys given": "vc_router.addr holds a IPv4Address",
     "untyped parameter, TypeDecorator bound once": "vc_router2.addr holds a IPv4Address",
+    "untyped parameter, str the server parses": "has the server parse, and asyncpg would",
 }
 FAILS = {
     "SQL-expression defaults, failing",
@@ -470,6 +480,7 @@ FAILS = {
     "default under explicit None, failing",
     "untyped parameter, ipaddress objects",
     "untyped parameter, domain over integer",
+    "untyped parameter, str with a zone index",
 }
 if sqlalchemy.__version__.startswith("2.0."):
     # SQLAlchemy 2.0's asyncpg dialect passes a BIT value as it is, which asyncpg refuses
