@@ -281,6 +281,10 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
             if _sa.prefer_eager_defaults(mapper, dialect, table)
             else frozenset()
         )
+        for name in sorted(eager):
+            if _sa.has_column_expression(table.c[name]):
+                # natively rendered around the column in RETURNING
+                reasons.append(f"column {table.name}.{name} type has a column expression")
         pk_keys = [col_to_key[c] for c in _sa.pks_by_table(mapper, table) if c in col_to_key]
         tables.append(
             TableSpec(

@@ -801,6 +801,10 @@ def has_bind_expression(column: Column[Any]) -> bool:
     return bool(column.type._has_bind_expression)  # noqa: SLF001
 
 
+def has_column_expression(column: Column[Any]) -> bool:
+    return bool(column.type._has_column_expression)  # noqa: SLF001
+
+
 def render_default(default: Any, dialect: Any) -> str | None:
     """The SQL a column's SQL-expression default renders as in an INSERT (``crud.py``: the
     expression, self-grouped, compiled with the statement); None where it has bound values

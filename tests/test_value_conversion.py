@@ -2,7 +2,8 @@
 
 - Server defaults fetched back by RETURNING go through the columns' result processing (an
   enum, ``asdecimal=False``, a ``TypeDecorator``'s result, ``Uuid(as_uuid=False)``), and are
-  matched to their objects by the processed primary key.
+  matched to their objects by the processed primary key; a type's ``column_expression``
+  (rendered into the native RETURNING) keeps its objects native.
 - Types asyncpg can only send as text (``macaddr`` here; also citext, hstore, money) are never
   written by binary COPY.
 - ``CHAR(n)`` written through ``unnest`` keeps its length (a ``character[]`` cast is char(1)).
@@ -56,6 +57,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     Uuid,
+    func,
     text,
 )
 from sqlalchemy import Enum as SAEnum
@@ -336,6 +338,22 @@ class Level(Base):
     level: Mapped[int] = mapped_column(DOMAIN("vc_positive", Integer, check="VALUE > 0"))
 
 
+class Lowered(TypeDecorator[str]):
+    """Read through ``lower()``: natively rendered around the column in RETURNING too."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def column_expression(self, column: Any) -> Any:
+        return func.lower(column)
+
+
+class Shout(Base):
+    __tablename__ = "vc_shout"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    word: Mapped[str] = mapped_column(Lowered, server_default="HELLO")
+
+
 def _hosts(objects: bool, keyed: bool = False, odd: str | None = None) -> Callable[[], list[Any]]:
     def make() -> list[Any]:
         hosts = []
@@ -454,6 +472,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "untyped parameter, key copied from a loaded parent": _connections,
     "untyped parameter, TypeDecorator bound once": _bound_once,
     "untyped parameter, no type": _untyped,
+    "column expression on a fetched server default": _commit(lambda: [Shout() for _ in range(40)]),
     "SQL-expression defaults": _commit(_stamps),
     "SQL-expression defaults, failing": _commit(lambda: _stamps(fail=True)),
     "untyped parameter, domain over integer": _commit(
@@ -471,6 +490,7 @@ STAYS_NATIVE = {
     "untyped parameter, object default, keys given": "vc_router.addr holds a IPv4Address",
     "untyped parameter, TypeDecorator bound once": "vc_router2.addr holds a IPv4Address",
     "untyped parameter, str the server parses": "has the server parse, and asyncpg would",
+    "column expression on a fetched server default": "vc_shout.word type has a column expression",
 }
 FAILS = {
     "SQL-expression defaults, failing",
