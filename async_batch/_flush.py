@@ -276,6 +276,8 @@ class FlushRun:
         """Write position of the table whose write failed; None: failed before any write."""
         self._native_failed: Table | None = None
         """The unit of work's table whose statement failed after all of ours were written."""
+        self._native_inserted: set[Table] = set()
+        """The tables the unit of work's INSERTs completed in before that failure."""
         self._conn: Connection | None = None
         self._all_written = False
         self._planned: Mapping[Any, list[InstanceState[Any]]] = {}
@@ -336,13 +338,14 @@ class FlushRun:
         else:
             # the unit of work writes the rest: which of its tables fails decides which of
             # ours it would have written before (see _revert)
-            seen: list[Table] = []
+            seen: list[tuple[Table, bool]] = []
             try:
                 with _sa.dml_tables(self._conn, seen):
                     native_execute()
             except BaseException as err:
                 if isinstance(err, sa_exc.DBAPIError) and seen:
-                    self._native_failed = seen[-1]
+                    self._native_failed = seen[-1][0]
+                    self._native_inserted = {t for t, ins in seen[:-1] if ins} - {seen[-1][0]}
                 self._revert()
                 raise
         if self.session.dispatch.after_flush:
@@ -2043,6 +2046,7 @@ class FlushRun:
         if failed_table is None and failed is not None:
             failed_table = next(t for t, p in self._table_pos.items() if p == failed)
         layered = self._layer_check(failed_table)
+        failed_pos = failed if native_failed is None else self._table_pos.get(native_failed)
 
         def kept(rid: int) -> bool:
             found = verdict.get(rid)
@@ -2052,8 +2056,9 @@ class FlushRun:
                     found = True
                 elif native_failed is None and failed is None:
                     found = False
-                elif mode == _REQ_BEFORE and native_failed is None:
-                    found = pos <= ancestors | {failed}
+                elif mode == _REQ_BEFORE:
+                    # copied from objects not written: for rows of the failed table too
+                    found = pos <= ancestors | {failed_pos}
                 else:
                     found = pos <= ancestors and (mode != _REQ_LAYER or layered(pos))
                 verdict[rid] = found
@@ -2089,6 +2094,13 @@ class FlushRun:
         # prefetched ids were set before anything else: restore them last; an object's id
         # stays once its first table was written (natively: RETURNING)
         kept_ids: set[int] = set()
+        if self._native_inserted:
+            # objects of the unit of work whose table it wrote before its failing statement
+            # (natively their ids came back by RETURNING)
+            for st, d in self._dicts.items():
+                info = self._infos.get(st.manager.mapper)
+                if info is not None and info.id_table in self._native_inserted:
+                    kept_ids.add(id(d))
         for sts in self._planned.values():
             if not sts or not kept(self._stage(sts[0], _AFTER_FIRST)):
                 continue

@@ -246,10 +246,10 @@ def result_processor(col: Column[Any], dialect: Any, type_oid: int | None) -> An
 
 
 @contextlib.contextmanager
-def dml_tables(connection: Connection, seen: list[Table]) -> Iterator[None]:
-    """Append to ``seen`` the table of every ORM/Core INSERT, UPDATE or DELETE the
-    connection executes inside the block (the last one is the statement that failed, if
-    one did)."""
+def dml_tables(connection: Connection, seen: list[tuple[Table, bool]]) -> Iterator[None]:
+    """Append to ``seen`` (the table, whether an INSERT) for every ORM/Core INSERT, UPDATE or
+    DELETE the connection executes inside the block (the last one is the statement that
+    failed, if one did)."""
 
     def before(
         _conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: Any
@@ -259,7 +259,7 @@ def dml_tables(connection: Connection, seen: list[Table]) -> Iterator[None]:
             return
         table = getattr(compiled.statement, "table", None)
         if isinstance(table, Table):
-            seen.append(table)
+            seen.append((table, bool(compiled.isinsert)))
 
     event.listen(connection, "before_cursor_execute", before)
     try:
