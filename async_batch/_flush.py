@@ -426,6 +426,13 @@ class FlushRun:
             report.native = len(states)
             self._fallback("flush", f"dialect {dialect.name}+{dialect.driver}", len(states))
             return
+        if _sa.is_autocommit(conn):
+            # natively each INSERT commits on its own: which rows a failing flush leaves
+            # depends on how the unit of work splits them into statements
+            report.native = len(states)
+            why = "the connection is in AUTOCOMMIT mode (each statement commits)"
+            self._fallback("flush", why, len(states))
+            return
 
         fast_ok = self.options.fast_path
 

@@ -337,6 +337,12 @@ def flush_connection(flush_context: Any, mapper: Mapper[Any]) -> Connection:
     return conn
 
 
+def is_autocommit(connection: Connection) -> bool:
+    """Whether the connection runs in AUTOCOMMIT mode (engine-wide or by execution option):
+    then each statement of a flush commits on its own."""
+    return bool(connection._is_autocommit_isolation())  # noqa: SLF001
+
+
 def has_connection_callable(session: Session) -> bool:
     return session.connection_callable is not None
 
