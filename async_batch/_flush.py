@@ -649,6 +649,18 @@ class FlushRun:
                             )
                             continue
                         self._parents.append((rel, pst, other))
+            # association rows the unit of work deletes (a link removed, an object deleted):
+            # natively deleted before any new row of that table is inserted, ours go first
+            gone = _deleted_secondaries(persistent, infos)
+            for st in candidate if gone else ():
+                for rel, other in links.get(st, ()):
+                    if other is not None and rel.secondary in gone:
+                        bad.add(st)
+                        reasons.setdefault(
+                            st.manager.mapper,
+                            f"{rel.prop} adds rows to {rel.secondary.name}, from which this "
+                            "flush deletes rows (natively first)",
+                        )
             # keys copied from new objects: known before the INSERT, or not written by us
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
             # updates the unit of work makes before these INSERTs, where the order matters
@@ -2497,6 +2509,22 @@ def _sort_tables(tables: Iterable[Table]) -> tuple[list[Table], list[Any]]:
     ordered = list(sort_tables_and_constraints(list(tables)))  # type: ignore[no-untyped-call]
     leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
     return [t for t, _ in ordered if t is not None], list(leftover)
+
+
+def _deleted_secondaries(
+    persistent: list[tuple[InstanceState[Any], bool]], infos: dict[Any, MapperInfo]
+) -> set[Any]:
+    """Association tables the unit of work deletes rows from in this flush: links removed
+    from a persistent object's many-to-many relationship, or all links of a deleted one."""
+    out: set[Any] = set()
+    for pst, isdelete in persistent:
+        info = infos.get(pst.manager.mapper)
+        for rel in info.relationships if info is not None else ():
+            if rel.direction is not MANYTOMANY or rel.secondary is None or rel.secondary in out:
+                continue
+            if isdelete or _sa.collection_history(pst, rel.key).deleted:
+                out.add(rel.secondary)
+    return out
 
 
 def _table_position(mapper: Any, infos: dict[Any, MapperInfo]) -> int:

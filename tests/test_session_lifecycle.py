@@ -25,7 +25,10 @@
 - new objects linked many-to-many (both directions mapped) to persistent objects, which the
   back reference makes part of the flush: their association rows are written once;
 - the unit of work's part failing in a table async_batch also wrote: new children of a
-  persistent parent keep the key copied from it (natively copied before that table's INSERT).
+  persistent parent keep the key copied from it (natively copied before that table's INSERT);
+- association rows the flush deletes (a link removed, an object deleted, a scalar
+  many-to-many replaced) go before new rows of that table natively, which a unique key there
+  can depend on: new objects linked through it stay native.
 """
 
 from __future__ import annotations
@@ -252,6 +255,42 @@ class Article(Base):
     topics: Mapped[list[Topic]] = relationship(secondary=article_topics, back_populates="articles")
 
 
+desk_lamps = Table(
+    "sl_desk_lamp",
+    Base.metadata,
+    Column("desk_id", ForeignKey("sl_desk.id"), primary_key=True),
+    Column("lamp_id", ForeignKey("sl_lamp.id"), primary_key=True, unique=True),
+)
+desk_chairs = Table(
+    "sl_desk_chair",
+    Base.metadata,
+    Column("desk_id", ForeignKey("sl_desk.id"), primary_key=True),  # one chair per desk
+    Column("chair_id", ForeignKey("sl_chair.id")),
+)
+
+
+class Desk(Base):
+    __tablename__ = "sl_desk"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    lamps: Mapped[list[Lamp]] = relationship(secondary=desk_lamps, back_populates="desks")
+    chair: Mapped[Chair | None] = relationship(secondary=desk_chairs, back_populates="desks")
+
+
+class Lamp(Base):
+    __tablename__ = "sl_lamp"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    desks: Mapped[list[Desk]] = relationship(secondary=desk_lamps, back_populates="lamps")
+
+
+class Chair(Base):
+    __tablename__ = "sl_chair"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    desks: Mapped[list[Desk]] = relationship(secondary=desk_chairs, back_populates="chair")
+
+
 for _ddl in (
     "CREATE UNIQUE INDEX sl_slot_live ON sl_slot (v) WHERE NOT gone",
     "CREATE UNIQUE INDEX sl_login_lower ON sl_login (lower(v))",
@@ -271,6 +310,7 @@ async def setup(session: Any) -> None:
     session.add_all([Member(name="m1", badge=Badge(label="old")), Member(name="m2")])
     session.add_all([Topic(name="python"), Topic(name="sql")])
     session.add_all([Club(name="c1"), Club(name="c2")])
+    session.add(Desk(name="d0", lamps=[Lamp(name="l0")], chair=Chair(name="ch0")))
 
 
 async def unique_table_update(run: Run) -> None:
@@ -543,6 +583,31 @@ async def native_part_fails_in_our_table(run: Run) -> None:
     await s.flush()
 
 
+def lamp_moved(how: str) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        s = run.session
+        query = select(Desk).options(selectinload(Desk.lamps), selectinload(Desk.chair))
+        desk = (await s.scalars(query)).one()
+        lamp, chair = desk.lamps[0], desk.chair
+        if how == "removed":
+            desk.lamps.remove(lamp)  # natively its row is deleted before new ones go in
+        elif how == "deleted":
+            await s.delete(desk)
+        else:
+            desk.chair = Chair(name="new")  # the row keyed by the desk is replaced
+        desks = [
+            Desk(name=f"n{i}", lamps=[lamp] if i == 0 and how != "replaced" else [Lamp(name="l")])
+            for i in range(40)
+        ]
+        run.track(desk, lamp, chair, *desks)
+        s.add_all(desks)
+        await s.flush()
+        run.snapshot("flush")
+        await s.commit()
+
+    return workload
+
+
 CASES: dict[str, Callable[[Run], Any]] = {
     "many-to-many to persistent objects, back reference unloaded": tagged_articles(False, False),
     "many-to-many to persistent objects, back reference loaded": tagged_articles(True, False),
@@ -579,6 +644,9 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "native part fails before ours": native_part_fails(Hooked),
     "native part fails after ours": native_part_fails(ZHooked),
     "native part fails in a table ours also writes": native_part_fails_in_our_table,
+    "many-to-many link removed, moved to a new object": lamp_moved("removed"),
+    "many-to-many links of a deleted object, one moved to a new object": lamp_moved("deleted"),
+    "scalar many-to-many replaced by a new object": lamp_moved("replaced"),
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -592,6 +660,12 @@ STAYS_NATIVE = {
     "validated key from an updated parent": ("copies a key with set listeners", False),
     "transient parents re-added": ("primary key changed since the object was persistent", False),
     "reparent under new nodes": ("moves a persistent object", False),
+    "many-to-many link removed, moved to a new object": ("from which this flush deletes", False),
+    "many-to-many links of a deleted object, one moved to a new object": (
+        "from which this flush deletes",
+        False,
+    ),
+    "scalar many-to-many replaced by a new object": ("from which this flush deletes", True),
 }
 FAILS = {
     "many-to-many to persistent objects, failing",
