@@ -276,6 +276,8 @@ class FlushRun:
         """Write position of the table whose write failed; None: failed before any write."""
         self._native_failed: Table | None = None
         """The unit of work's table whose statement failed after all of ours were written."""
+        self._held: list[Any] = []
+        """Objects kept alive until the flush ends (see _hold_unowned)."""
         self._native_inserted: set[Table] = set()
         """The tables the unit of work's INSERTs completed in before that failure."""
         self._conn: Connection | None = None
@@ -312,7 +314,26 @@ class FlushRun:
         with _gc_paused(self.options.pause_gc):
             self._execute(native_execute)
 
+    def _hold_unowned(self) -> None:
+        """Hold the objects in write-only and dynamic collections' histories of the flush's
+        objects until the flush ends: natively the flush's attribute history does (nothing
+        else may; adopted objects are only weakly referenced by the session)."""
+        states = list(self.ctx.states)
+        keys_of: dict[Any, list[str]] = {}
+        for m in set(map(_mapper_of, states)):
+            keys = [r.key for r in m.relationships if r.lazy in ("write_only", "dynamic")]
+            if keys:
+                keys_of[m] = keys
+        if not keys_of:
+            return
+        for st in states:
+            for key in keys_of.get(st.manager.mapper, ()):
+                hist = _sa.collection_history(st, key)
+                self._held.extend(hist.added)
+                self._held.extend(hist.deleted)
+
     def _execute(self, native_execute: Callable[[], None]) -> None:
+        self._hold_unowned()
         try:
             try:
                 self._run()

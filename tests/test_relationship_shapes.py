@@ -24,6 +24,7 @@ from sqlalchemy import (
     Sequence,
     String,
     Table,
+    delete,
     event,
     inspect,
     literal,
@@ -596,6 +597,51 @@ class Pin(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     board_id: Mapped[int | None] = mapped_column(ForeignKey("rs_board.id"))
     label: Mapped[str]
+
+
+@pytest.mark.parametrize("parent", ["new", "persistent"])
+def test_write_only_children_live_until_the_flush_ends(shapes_dsn: str, parent: str) -> None:
+    """Objects held only by a write-only collection's pending adds: natively the flush's
+    attribute history keeps them alive until the flush ends (``after_flush_postexec`` sees
+    them in the identity map), then they go."""
+
+    async def sizes(options: dict[str, Any] | None) -> tuple[list[int], Any]:
+        engine = create_async_engine(sqlalchemy_url(shapes_dsn))
+        try:
+            async with AsyncSession(engine) as s:
+                await s.execute(delete(Pin))
+                await s.execute(delete(Board))
+                await s.commit()
+            maker = async_sessionmaker(engine)
+            if options is not None:
+                enable_async_batching(maker, **options)
+            seen: list[int] = []
+            async with maker() as s:
+                boards = [Board() for _ in range(3)]
+                s.add_all(boards)
+                if parent == "persistent":
+                    await s.flush()
+
+                def postexec(session: Any, _ctx: Any) -> None:
+                    seen.append(len(session.identity_map))
+
+                event.listen(s.sync_session, "after_flush_postexec", postexec)
+                for b in boards:
+                    b.pins.add_all([Pin(label=f"p{i}") for i in range(12)])
+                await s.flush()
+                seen.append(len(s.identity_map))
+                report = last_flush(s)
+                await s.commit()
+            return seen, report
+        finally:
+            await engine.dispose()
+
+    native, _ = asyncio.run(sizes(None))
+    batched, report = asyncio.run(sizes({"small_flush": 0}))
+    assert native == [39, 3]
+    assert batched == native
+    assert report is not None
+    assert report.accelerated == (39 if parent == "new" else 36), report.summary()
 
 
 @pytest.mark.parametrize("options", [None, {"small_flush": 0}], ids=["native", "batched"])
