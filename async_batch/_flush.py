@@ -1995,8 +1995,9 @@ class FlushRun:
 
     def _ancestors(self, position: int) -> set[int]:
         """Write positions of the tables the unit of work writes before the table at
-        ``position``: those it references, transitively, and those of mappers it saves
-        earlier (``_mapper_ranks``; for a link table only the referenced ones)."""
+        ``position``: those it references, transitively, those of mappers it saves
+        earlier (``_mapper_ranks``; for a link table only the referenced ones), and those
+        its own hierarchy's save writes first (``_sorted_tables``)."""
         tables = {p: t for t, p in self._table_pos.items()}
         out: set[int] = set()
         todo = [tables[position]]
@@ -2017,6 +2018,13 @@ class FlushRun:
                 for t, m in owner.items()
                 if ranks.get(m, 0) < mine and t in self._table_pos
             )
+            order = _sa.sorted_tables(failed_owner)
+            if tables[position] in order:
+                out.update(
+                    self._table_pos[t]
+                    for t in order[: order.index(tables[position])]
+                    if t in self._table_pos
+                )
         return out
 
     def _native_ancestors(self, failed: Table) -> set[int]:
