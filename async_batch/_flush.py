@@ -133,7 +133,7 @@ def _uncast_value(
                     continue
                 if ip_parse is not None and type(v) is str and _ip_alike(ip_parse, v):
                     continue
-            if type(v) is str:
+            if type(v) is str and ip_parse is not None:
                 return (
                     f"column {table.name}.{name} holds {v!r}, which the native batched "
                     "INSERT has the server parse, and asyncpg would parse otherwise"
