@@ -400,8 +400,10 @@ class FlushRun:
                 _sa.release_states(self.ctx, self.fast)
                 _sa.release_states(self.ctx, self.parents_done)
                 native_finalize()
-                _sa.register_persistent(self.session, self.fast_groups, self._dicts)
+                # natively every object of the flush is committed before any
+                # pending_to_persistent listener runs: the idle parents first
                 _sa.register_persistent_native(self.session, self.parents_done)
+                _sa.register_persistent(self.session, self.fast_groups, self._dicts)
             if self.fast:
                 _sa.use_fast_expiry(self.session)
         self._mark("adopt")
@@ -681,6 +683,21 @@ class FlushRun:
                             st.manager.mapper,
                             f"{rel.prop} adds rows to {rel.secondary.name}, from which this "
                             "flush deletes rows (natively first)",
+                        )
+            # a key copied from a new object into an attribute with set listeners or
+            # validators: natively copied once that object's row is written (its defaults
+            # set, its server defaults fetched), which a listener may read; ours go first
+            for m, rels in _listened_copies(by_mapper, infos).items():
+                for st in by_mapper[m]:
+                    for rel, other in links.get(st, ()):
+                        if other is None or other.key is not None or rel not in rels:
+                            continue
+                        target = st if rel.direction is MANYTOONE else other
+                        bad.add(target)
+                        reasons.setdefault(
+                            target.manager.mapper,
+                            f"{rel.prop} copies a key with set listeners or validators from "
+                            "a new object (natively once its row is written)",
                         )
             # keys copied from new objects: known before the INSERT, or not written by us
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
@@ -2538,6 +2555,29 @@ def _sort_tables(tables: Iterable[Table]) -> tuple[list[Table], list[Any]]:
     ordered = list(sort_tables_and_constraints(list(tables)))  # type: ignore[no-untyped-call]
     leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
     return [t for t, _ in ordered if t is not None], list(leftover)
+
+
+def _listened_copies(
+    by_mapper: Mapping[Any, list[InstanceState[Any]]], infos: dict[Any, MapperInfo]
+) -> dict[Any, list[Any]]:
+    """Per mapper of the flush, its many-to-one and one-to-many relationships that copy a key
+    into an attribute with set listeners or validators (on any class that can hold it)."""
+    out: dict[Any, list[Any]] = {}
+    for m in by_mapper:
+        for rel in infos[m].relationships:
+            if rel.direction is MANYTOONE:
+                holder = m
+            elif rel.direction is ONETOMANY:
+                holder = rel.prop.mapper
+            else:
+                continue
+            if any(
+                _sa.column_has_set_listeners(sub, right)
+                for sub in holder.self_and_descendants
+                for _left, right in rel.pairs
+            ):
+                out.setdefault(m, []).append(rel)
+    return out
 
 
 def _deleted_secondaries(

@@ -978,6 +978,12 @@ def has_set_listeners(state: InstanceState[Any], key: str) -> bool:
     return bool(state.manager[key].impl.dispatch.set)
 
 
+def column_has_set_listeners(mapper: Mapper[Any], column: Column[Any]) -> bool:
+    """Whether the mapper's attribute for this column has set listeners or validators."""
+    prop = mapper._columntoproperty.get(column)  # noqa: SLF001
+    return prop is not None and bool(mapper.class_manager[prop.key].impl.dispatch.set)
+
+
 def set_attr(state: InstanceState[Any], d: dict[str, Any], key: str, value: Any) -> None:
     """Set a value the way ``sync.populate`` does (through the attribute implementation, so
     attribute events and validators fire). Without listeners the end state after the flush is

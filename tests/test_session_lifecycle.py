@@ -6,7 +6,8 @@
 - the history of keys copied from new parents, as an ``after_flush`` listener sees it (and as it
   stays when that listener raises);
 - validators on a foreign key copied from a persistent parent the flush also updates: they run
-  as often as natively;
+  as often as natively; from a new parent they run natively once its row is written (they may
+  read its defaults and fetched server defaults), so such objects stay native;
 - ``make_transient`` on flushed parents, re-added with new keys: their persistent children
   follow in the session;
 - an ``after_flush`` listener that expunges new objects (and adds another): the expunged ones
@@ -26,6 +27,8 @@
   back reference makes part of the flush: their association rows are written once;
 - the unit of work's part failing in a table async_batch also wrote: new children of a
   persistent parent keep the key copied from it (natively copied before that table's INSERT);
+- ``pending_to_persistent`` listeners see a persistent parent whose collection gained the new
+  objects already committed (natively every object is, before the first call);
 - association rows the flush deletes (a link removed, an object deleted, a scalar
   many-to-many replaced) go before new rows of that table natively, which a unique key there
   can depend on: new objects linked through it stay native.
@@ -159,6 +162,38 @@ class ZHooked(Base):
     __tablename__ = "sl_zhooked"
     id: Mapped[int] = mapped_column(primary_key=True)
     v: Mapped[int] = mapped_column(CheckConstraint("v < 10"))
+
+
+FARM_CODES: list[int] = []
+
+
+def _farm_code() -> int:
+    FARM_CODES.append(100 + len(FARM_CODES))
+    return FARM_CODES[-1]
+
+
+class Farm(Base):
+    __tablename__ = "sl_farm"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    region: Mapped[str] = mapped_column(String(10), default="eu")
+    code: Mapped[int] = mapped_column(default=_farm_code)
+    stamp: Mapped[str | None] = mapped_column(String(10), server_default="s")
+    cows: Mapped[list[Cow]] = relationship(back_populates="farm")
+
+
+class Cow(Base):
+    __tablename__ = "sl_cow"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    farm_id: Mapped[int | None] = mapped_column(ForeignKey("sl_farm.id"))
+    origin: Mapped[str | None] = mapped_column(String(30))
+    farm: Mapped[Farm | None] = relationship(back_populates="cows")
+
+    @validates("farm_id")
+    def _origin(self, key: str, value: Any) -> Any:
+        # reads what the parent's INSERT set: natively its defaults, fetched server default
+        if self.farm is not None:
+            self.origin = f"{self.farm.region}/{self.farm.code}/{self.farm.stamp}"
+        return value
 
 
 class Club(Base):
@@ -583,6 +618,36 @@ async def native_part_fails_in_our_table(run: Run) -> None:
     await s.flush()
 
 
+async def pending_to_persistent_sees_parent(run: Run) -> None:
+    s = run.session
+    club = (await s.scalars(select(Club).where(Club.name == "c1"))).one()
+    seen: set[Any] = set()
+
+    def listener(session: Any, _obj: Any) -> None:
+        # natively every object of the flush is committed before the first call
+        seen.add((len(session.dirty), tuple(sorted(inspect(club).committed_state))))
+
+    event.listen(s.sync_session, "pending_to_persistent", listener)
+    fans = [Fan(name=f"f{i}", club=club) for i in range(40)]  # the collection is not loaded
+    run.track(club, *fans)
+    s.add_all(fans)
+    await s.flush()
+    event.remove(s.sync_session, "pending_to_persistent", listener)
+    run.events.append(("seen", sorted(seen)))
+    run.snapshot("flush")
+    await s.commit()
+
+
+async def cows_of_new_farms(run: Run) -> None:
+    FARM_CODES.clear()
+    farms = [Farm(cows=[Cow(), Cow()]) for _ in range(20)]
+    run.track(*farms, *(c for f in farms for c in f.cows))
+    run.session.add_all(farms)
+    await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+
+
 def lamp_moved(how: str) -> Callable[[Run], Any]:
     async def workload(run: Run) -> None:
         s = run.session
@@ -647,6 +712,8 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "many-to-many link removed, moved to a new object": lamp_moved("removed"),
     "many-to-many links of a deleted object, one moved to a new object": lamp_moved("deleted"),
     "scalar many-to-many replaced by a new object": lamp_moved("replaced"),
+    "validator on a key copied from a new parent": cows_of_new_farms,
+    "pending_to_persistent sees the parent committed": pending_to_persistent_sees_parent,
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -666,6 +733,7 @@ STAYS_NATIVE = {
         False,
     ),
     "scalar many-to-many replaced by a new object": ("from which this flush deletes", True),
+    "validator on a key copied from a new parent": ("validators from a new object", False),
 }
 FAILS = {
     "many-to-many to persistent objects, failing",
