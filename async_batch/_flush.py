@@ -1482,16 +1482,21 @@ class FlushRun:
         # (the same attribute too: natively set through it, so its set listeners and
         # validators fire, and its committed state records the value)
         for m, sts in fast_groups.items():
-            equated = [pair for ts in infos[m].tables for pair in ts.equated]
+            # each table's pairs are copied once that table is written (_postfetch)
+            equated = [
+                (self._req(("table", ts.table), [ts.table]), ts.equated)
+                for ts in infos[m].tables
+                if ts.equated
+            ]
             same = [k for ts in infos[m].tables for k in ts.equated_same]
             if same and sts:
                 # (their listeners fire once the table is written: _copied_onto_same)
                 self._same_copies.append((sts, same))
             for st in sts if equated else ():
                 d = dicts[st]
-                stage = self._stage(st, _AFTER_FIRST)
-                for src_key, dst_key in equated:
-                    set_(st, dst_key, d.get(src_key), stage)
+                for stage, pairs in equated:
+                    for src_key, dst_key in pairs:
+                        set_(st, dst_key, d.get(src_key), stage)
         # keyed by ids: a ClassManager's __hash__ is a Python-level method
         key_pairs: dict[tuple[int, int, int], list[tuple[Any, str, str, bool]]] = {}
         undo = self._undo
