@@ -2716,27 +2716,34 @@ def _split_callable_tables(
 ) -> bool:
     """A table with a Python callable default must not be written partly natively: the
     default is called once per row in insert order across all of its objects, which a split
-    would change (ours first, then native's). Makes all of such a table's objects bad when
+    would change (ours first, then native's) -- nor may tables sharing one callable (called
+    table by table in the unit of work's order). Makes all objects of such tables bad when
     some are; returns whether any became bad."""
     writers: dict[Table, list[Any]] = defaultdict(list)
-    callable_tables: set[Table] = set()
+    # the tables called in one sequence: a table's own, or those sharing a function
+    groups: dict[Any, dict[Table, None]] = defaultdict(dict)
     for m in by_mapper:
         for ts in infos[m].tables:
             writers[ts.table].append(m)
-            if any(spec.default_kind == D_CALLABLE for spec in ts.columns):
-                callable_tables.add(ts.table)
+            for spec in ts.columns:
+                if spec.default_kind == D_CALLABLE:
+                    groups[ts.table][ts.table] = None
+                    fn = getattr(spec.default_value, "__wrapped__", spec.default_value)
+                    groups[id(fn)][ts.table] = None
     changed = False
-    for table in callable_tables:
-        sts = [st for m in writers[table] for st in by_mapper[m]]
+    for tables in groups.values():
+        sts = [st for table in tables for m in writers[table] for st in by_mapper[m]]
         n_bad = sum(1 for st in sts if st in bad)
         if 0 < n_bad < len(sts):
+            names = ", ".join(t.name for t in tables)
+            what = "has a callable default" if len(tables) == 1 else "share a callable default"
             for st in sts:
                 if st not in bad:
                     bad.add(st)
                     reasons.setdefault(
                         st.manager.mapper,
-                        f"{table.name} has a callable default and some of its objects are "
-                        "written natively (it is called in insert order across all of them)",
+                        f"{names} {what} and some of its objects are written natively (it is "
+                        "called in insert order across all of them)",
                     )
             changed = True
     return changed

@@ -37,6 +37,8 @@ differential probing):
   written in the order its save writes them (declaration order), not in the order their
   first objects were added: callable defaults, a shared sequence's ids and which table's
   constraint fails first follow it;
+- one callable default shared by a natively written table and another: called table by
+  table in the unit of work's order, so the other's objects stay native too;
 - an inherited key copied to the next table's key under another name is copied once its own
   table is written: a failure in the middle table of three leaves the last one's key unset.
 """
@@ -507,6 +509,24 @@ class ETome(Tome):
     __mapper_args__ = {"polymorphic_identity": "etome"}
 
 
+class ALedger(Base):
+    """Written natively (a before_insert listener), saved first (class names); its default
+    is shared with Receipt's."""
+
+    __tablename__ = "mf_aledger"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stamp: Mapped[int] = mapped_column(default=_stamp_next)
+
+
+event.listen(ALedger, "before_insert", _noop)
+
+
+class Receipt(Base):
+    __tablename__ = "mf_receipt"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stamp: Mapped[int] = mapped_column(default=_stamp_next)
+
+
 SHARED = Sequence("mf_shared", metadata=Base.metadata)
 
 
@@ -779,6 +799,15 @@ async def etomes(run: Run) -> None:
     await run.session.flush()
 
 
+async def receipts(run: Run) -> None:
+    STAMPS.clear()
+    objs: list[Any] = [Receipt() for _ in range(30)] + [ALedger() for _ in range(10)]
+    run.track(*objs)
+    run.session.add_all(objs)
+    await run.session.flush()  # natively the ledger's rows take the first stamps
+    run.snapshot("flush")
+
+
 async def boats(run: Run) -> None:
     STAMPS.clear()
     objs: list[Any] = [(Canoe, Boat)[i % 2]() for i in range(40)]  # a Canoe first
@@ -838,12 +867,14 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "joined inheritance siblings, the second table fails": crews(fail="purser"),
     "concrete inheritance, one shared sequence": boats,
     "inherited keys under other names, the middle table fails": etomes,
+    "callable default shared with a native table": receipts,
 }
 STAYS_NATIVE = {
     "foreign key by value to a native new row": "is given the key of a new mf_depot row",
     "callable default table beside a foreign-key-order fallback": "without a relationship",
     "sequence shared with native objects": "shares its id sequence with new Sign objects",
     "listener added after a first flush": "before_insert/after_insert listeners",
+    "callable default shared with a native table": "share a callable default",
     "foreign key without relationship, native parent first": "mf_bpet.owner_id -> mf_aowner "
     "without a relationship: the unit of work inserts mf_aowner first",
 }
