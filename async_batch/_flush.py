@@ -2953,12 +2953,14 @@ def _regroup_plan(
         if len(sts) < 2:
             continue
         if any(
-            spec.default_kind == D_CALLABLE
+            col.default is not None and not col.default.is_scalar
             for m in {s.manager.mapper for s in sts}
             for ts in infos[m].tables
-            for spec in ts.columns
+            for col in ts.table.c
         ):
-            # callable defaults are evaluated in insert order: reordering would change them
+            # callable, SQL-expression and sequence defaults are evaluated in insert order,
+            # for every column of the table (mapped by these objects or not): reordering would
+            # change them
             continue
         if any(
             ts.table in ordered for m in {s.manager.mapper for s in sts} for ts in infos[m].tables
