@@ -349,17 +349,25 @@ class FlushRun:
             self._revert()
             raise
         ours = len(self.fast) + len(self.parents_done)
+        seen: list[tuple[Table, bool]] = []
         if not self._all_written or self._conn is None or len(self.ctx.states) <= ours:
             # nothing of ours written, or nothing left for the unit of work to write
             try:
-                native_execute()
-            except BaseException:
+                if self._undo_ids and self._conn is not None and len(self.ctx.states) > ours:
+                    # objects it writes with prefetched ids keep them once their table's
+                    # INSERTs are done (natively: RETURNING)
+                    with _sa.dml_tables(self._conn, seen):
+                        native_execute()
+                else:
+                    native_execute()
+            except BaseException as err:
+                if isinstance(err, sa_exc.DBAPIError) and seen:
+                    self._native_inserted = {t for t, ins in seen[:-1] if ins} - {seen[-1][0]}
                 self._revert()
                 raise
         else:
             # the unit of work writes the rest: which of its tables fails decides which of
             # ours it would have written before (see _revert)
-            seen: list[tuple[Table, bool]] = []
             try:
                 with _sa.dml_tables(self._conn, seen):
                     native_execute()
