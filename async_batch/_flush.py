@@ -2276,7 +2276,9 @@ def _native_table_order(
     owner = _table_owners(mappers, infos)
     ranks = _mapper_ranks(set(owner.values()), infos)
     index = {t: i for i, t in enumerate(tables)}
-    within = {t: _sa.sorted_tables(m).index(t) for t, m in owner.items()}
+    within: dict[Table, int] = {}
+    for m in set(owner.values()):
+        within.update((t, i) for i, t in enumerate(_sa.sorted_tables(m)) if owner.get(t) is m)
     refs = {
         t: {fk.column.table for fk in t.foreign_keys if fk.column.table in index} - {t}
         for t in tables
