@@ -868,15 +868,6 @@ def ensure_transaction(connection: Connection) -> None:
             raise_dbapi_error(connection, err, "BEGIN")
 
 
-def driver_sending_paused(raw: Any) -> bool:
-    """Whether asyncpg is waiting for its transport to accept more data (a pipelined
-    executemany still sending). asyncpg internals (``_protocol.writing_allowed``), needed for
-    the executemany-cancellation workaround in ``_writer._guarded`` until asyncpg fixes it."""
-    protocol = getattr(raw, "_protocol", None)
-    allowed = getattr(protocol, "writing_allowed", None)
-    return allowed is not None and not allowed.is_set()
-
-
 def driver_send_sync(raw: Any) -> None:
     """Send the Sync message that ends an extended-protocol pipeline, straight on asyncpg's
     transport (what asyncpg itself does when such a batch times out)."""

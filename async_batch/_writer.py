@@ -112,18 +112,18 @@ def write(connection: Connection, job: TableJob, strategy: str) -> list[Any]:
         rows = _parents_first(job.rows, job.self_ref) if job.self_ref else job.rows
         if job.returning:
             _sa.ensure_transaction(connection)
+            feed = _Feed(rows)
             fetched = _sa.run_raw(
-                connection, lambda raw: _guarded(raw, raw.fetchmany(sql, rows), pipelined=True), sql
+                connection, lambda raw: _guarded(raw, raw.fetchmany(sql, feed), feed), sql
             )
             return [tuple(r) for r in fetched]
         if len(rows) == 1:
             connection.exec_driver_sql(sql, rows[0])
         else:
             _sa.ensure_transaction(connection)
+            feed = _Feed(rows)
             _sa.run_raw(
-                connection,
-                lambda raw: _guarded(raw, raw.executemany(sql, rows), pipelined=True),
-                sql,
+                connection, lambda raw: _guarded(raw, raw.executemany(sql, feed), feed), sql
             )
         return []
     if strategy == "copy":
@@ -143,9 +143,36 @@ async def _copy(raw: Any, job: TableJob) -> None:
     )
 
 
-async def _guarded(raw: Any, operation: Any, pipelined: bool = False) -> Any:
-    """Await a long-streaming asyncpg operation (COPY, executemany), guarded against a lost
-    connection.
+class _Feed:
+    """The rows of a pipelined executemany, as an iterator that notes when asyncpg has taken
+    the last one: in that same step it appends the Sync that ends the pipeline."""
+
+    __slots__ = ("_rows", "sent", "started")
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self._rows = iter(rows)
+        self.started = False
+        self.sent = False
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> tuple[Any, ...]:
+        self.started = True
+        try:
+            return next(self._rows)
+        except StopIteration:
+            self.sent = True
+            raise
+
+    def unsynced(self) -> bool:
+        """Whether asyncpg began the pipeline and has not reached its end (nor its Sync)."""
+        return self.started and not self.sent
+
+
+async def _guarded(raw: Any, operation: Any, feed: _Feed | None = None) -> Any:
+    """Await a long-streaming asyncpg operation (COPY, or a pipelined executemany fed by
+    ``feed``), guarded against a lost connection and against cancellation mid-pipeline.
 
     asyncpg 0.30-0.32 waits on its "writing allowed" event while the transport is paused and
     never wakes that wait when the connection is lost, so a backend killed mid-stream would
@@ -175,17 +202,16 @@ async def _guarded(raw: Any, operation: Any, pipelined: bool = False) -> Any:
             ) from None
         # We were cancelled ourselves: stop the operation, and let asyncpg finish before
         # anything else (the rollback) uses the connection.
-        unsynced = pipelined and not task.done() and _sa.driver_sending_paused(raw)
         while not task.done():
             # asyncpg's pipelined executemany swallows a cancellation that arrives while it is
             # still sending (its ``finally: return await waiter``); the next one cancels the
             # statement on the server
             task.cancel()
             await asyncio.wait({task}, timeout=0.05)
-        if unsynced:
-            # ... but it never sends the Sync that ends the pipeline, so the server would wait
-            # for it and asyncpg for the server, forever. Send it (asyncpg does the same when
-            # such a batch times out).
+        if feed is not None and feed.unsynced() and task.cancelled():
+            # ... but it never sends the Sync that ends the pipeline (it does with the last
+            # row), so the server would wait for it and asyncpg for the server, forever. Send
+            # it (asyncpg does the same when such a batch times out).
             _sa.driver_send_sync(raw)
         raise
     finally:
