@@ -457,6 +457,14 @@ class FlushRun:
             report.native = len(states)
             self._fallback("flush", f"dialect {dialect.name}+{dialect.driver}", len(states))
             return
+        streaming = conn.get_execution_options()
+        if streaming.get("stream_results") or streaming.get("yield_per"):
+            # the driver refuses an executemany on a server-side cursor, which the unit of
+            # work uses for rows whose ids we prefetched (natively: INSERT ... RETURNING)
+            report.native = len(states)
+            why = "the connection streams results (stream_results / yield_per)"
+            self._fallback("flush", why, len(states))
+            return
         if _sa.is_autocommit(conn):
             # natively each INSERT commits on its own: which rows a failing flush leaves
             # depends on how the unit of work splits them into statements
