@@ -276,6 +276,8 @@ class FlushRun:
         """Write position of the table whose write failed; None: failed before any write."""
         self._native_failed: Table | None = None
         """The unit of work's table whose statement failed after all of ours were written."""
+        self._codec_oids: dict[int, bool] = {}
+        """type OID -> whether a codec set on the connection makes it text-only"""
         self._held: list[Any] = []
         """Objects kept alive until the flush ends (see _hold_unowned)."""
         self._native_inserted: set[Table] = set()
@@ -313,6 +315,17 @@ class FlushRun:
         self._mark("register")
         with _gc_paused(self.options.pause_gc):
             self._execute(native_execute)
+
+    def _text_codecs(self, meta: TableMeta, columns: Iterable[str]) -> bool:
+        """Whether a codec set on the connection makes one of these columns' types text-only
+        (then binary COPY cannot write them)."""
+        oids = {meta.column_oids[c] for c in columns if c in meta.column_oids}
+        known = self._codec_oids
+        unknown = oids - known.keys()
+        if unknown and self._conn is not None:
+            text_only = _sa.text_only_codecs(self._conn, unknown)
+            known.update((oid, oid in text_only) for oid in unknown)
+        return any(known.get(oid, False) for oid in oids)
 
     def _hold_unowned(self) -> None:
         """Hold the objects in write-only and dynamic collections' histories of the flush's
@@ -1743,7 +1756,7 @@ class FlushRun:
                     dict(meta.column_types),
                     meta.array_columns,
                     False,
-                    no_copy=meta.copy_refused(ks),
+                    no_copy=meta.copy_refused(ks) or self._text_codecs(meta, ks),
                 ),
                 [],
                 [],
@@ -1960,7 +1973,9 @@ class FlushRun:
                 meta.identity_always,
                 fk_pairs or None,
                 column_oids=meta.column_oids,
-                no_copy=meta.copy_refused(names) or bool(sql_defaults),
+                no_copy=meta.copy_refused(names)
+                or bool(sql_defaults)
+                or self._text_codecs(meta, names),
                 sql_defaults=sql_defaults,
             )
             jobs.append((job, sts, postfetch))

@@ -1,5 +1,5 @@
-"""Every private SQLAlchemy API async_batch touches lives here (and the two asyncpg internals
-the writer's cancellation workaround needs).
+"""Every private SQLAlchemy API async_batch touches lives here (and the asyncpg internals the
+writer's cancellation workaround and its COPY codec check need).
 
 SQLAlchemy gives us no public way to write rows for pending objects ourselves and then hand
 them back to the session as if its own flush had written them. What we need is small and has
@@ -866,6 +866,24 @@ def ensure_transaction(connection: Connection) -> None:
             adapted.run_async(lambda _raw: adapted._start_transaction())  # noqa: SLF001
         except Exception as err:  # pragma: no cover - BEGIN failing is a dead connection
             raise_dbapi_error(connection, err, "BEGIN")
+
+
+def text_only_codecs(connection: Connection, oids: Iterable[int]) -> set[int]:
+    """Of these type OIDs, those a codec the application set on the asyncpg connection
+    (``set_type_codec(..., format="text")``, as in a ``connect`` event) makes text-only:
+    binary COPY cannot encode them. asyncpg internals (the connection's codec settings);
+    where they are not as expected, none."""
+    try:
+        raw = adapted_connection(connection).driver_connection
+        settings = raw._protocol.get_settings()  # noqa: SLF001
+        return {
+            oid
+            for oid in oids
+            if settings.get_data_codec(oid, 1) is None
+            and settings.get_data_codec(oid, 1, True) is not None
+        }
+    except (AttributeError, TypeError):  # pragma: no cover - another asyncpg
+        return set()
 
 
 def driver_send_sync(raw: Any) -> None:

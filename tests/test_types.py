@@ -29,11 +29,14 @@ from sqlalchemy import (
     Time,
     TypeDecorator,
     Uuid,
+    event,
 )
 from sqlalchemy.dialects.postgresql import INET, JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from support import assert_same, run_workload
+
+from async_batch.testing import sqlalchemy_url
 
 
 class Mood(enum.Enum):
@@ -142,3 +145,53 @@ async def test_types_match_native(types_engine: AsyncEngine, strategy: str, n: i
     report = batched.reports[0]
     assert report is not None
     assert report.accelerated == n, report.summary()
+
+
+class Coded(Base):
+    __tablename__ = "ty_coded"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[Any] = mapped_column(JSONB)
+    amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+
+
+@pytest.mark.parametrize("strategy", ["auto", "copy"])
+async def test_text_codecs_set_on_the_connection(
+    types_engine: AsyncEngine, database_dsn: str, strategy: str
+) -> None:
+    """Codecs an application sets on each asyncpg connection (``set_type_codec`` in a
+    ``connect`` event, text format: asyncpg's default, and the usual jsonb recipe) leave those
+    types without a binary encoder: such tables are not written by binary COPY."""
+    engine = create_async_engine(sqlalchemy_url(database_dsn))
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _codecs(dbapi_connection: Any, _record: Any) -> None:
+        for name, encoder in (("jsonb", lambda v: v), ("numeric", str)):
+            dbapi_connection.run_async(
+                lambda c, name=name, encoder=encoder: c.set_type_codec(
+                    name, schema="pg_catalog", encoder=encoder, decoder=lambda v: v
+                )
+            )
+
+    async def workload(run: Any) -> None:
+        objs = [Coded(data={"i": i}, amount=Decimal(i) / 4) for i in range(40)]
+        run.track(*objs)
+        run.session.add_all(objs)
+        await run.session.flush()
+        run.snapshot("flush")
+        await run.session.commit()
+
+    try:
+        native = await run_workload(engine, workload, batching=None, metadata=Base.metadata)
+        batched = await run_workload(
+            engine,
+            workload,
+            batching={"strategy": strategy, "small_flush": 0},
+            metadata=Base.metadata,
+        )
+    finally:
+        await engine.dispose()
+    assert_same(native, batched, strategy)
+    report = batched.reports[0]
+    assert report is not None
+    assert report.accelerated == 40, report.summary()
+    assert [t.strategy for t in report.tables] == ["unnest"], report.summary()
