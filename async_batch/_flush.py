@@ -2761,8 +2761,7 @@ def _split_callable_tables(
             for spec in ts.columns:
                 if spec.default_kind == D_CALLABLE:
                     groups[ts.table][ts.table] = None
-                    fn = getattr(spec.default_value, "__wrapped__", spec.default_value)
-                    groups[id(fn)][ts.table] = None
+                    groups[id(_sa.default_function(spec.column))][ts.table] = None
     changed = False
     for tables in groups.values():
         sts = [st for table in tables for m in writers[table] for st in by_mapper[m]]

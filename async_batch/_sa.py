@@ -983,6 +983,24 @@ def propkey_for(state: InstanceState[Any], column: Column[Any]) -> str:
     return key
 
 
+def default_function(column: Column[Any]) -> Any:
+    """What a column's Python callable default calls, as far as it can be told: the callable
+    as given (2.1 keeps it; 2.0's wrapper holds it in ``__wrapped__`` or its closure), and for
+    a ``functools.partial`` the function it wraps (its calls share that function's state)."""
+    default: Any = column.default
+    fn = getattr(default, "_fn", None)
+    if fn is None:
+        arg = getattr(default, "arg", None)
+        fn = getattr(arg, "__wrapped__", None)
+        if fn is None:
+            cells = [c.cell_contents for c in getattr(arg, "__closure__", None) or ()]
+            held = [c for c in cells if callable(c)]
+            fn = held[0] if len(held) == 1 else arg
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
 def has_set_listeners(state: InstanceState[Any], key: str) -> bool:
     return bool(state.manager[key].impl.dispatch.set)
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -527,6 +528,15 @@ class Receipt(Base):
     stamp: Mapped[int] = mapped_column(default=_stamp_next)
 
 
+class Voucher(Base):
+    """The same function through a ``functools.partial`` (SQLAlchemy's wrapper of a callable
+    without a ``__name__`` does not say what it wraps)."""
+
+    __tablename__ = "mf_voucher"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stamp: Mapped[int] = mapped_column(default=functools.partial(_stamp_next))
+
+
 SHARED = Sequence("mf_shared", metadata=Base.metadata)
 
 
@@ -802,6 +812,7 @@ async def etomes(run: Run) -> None:
 async def receipts(run: Run) -> None:
     STAMPS.clear()
     objs: list[Any] = [Receipt() for _ in range(30)] + [ALedger() for _ in range(10)]
+    objs += [Voucher() for _ in range(10)]
     run.track(*objs)
     run.session.add_all(objs)
     await run.session.flush()  # natively the ledger's rows take the first stamps
