@@ -515,6 +515,7 @@ class FlushRun:
                 return
 
         # 1. candidates
+        self_ref = _self_referencing_bases(infos)
         candidate: set[InstanceState[Any]] = set()
         reasons: dict[Any, str] = {}
         for m, sts in by_mapper.items():
@@ -536,6 +537,15 @@ class FlushRun:
                 continue
             if info.fast_reason:
                 reasons.setdefault(m, info.fast_reason)
+                continue
+            if m.base_mapper in self_ref and _callable_across_tables(info):
+                # natively saved level by level, each level table by table: one callable
+                # default shared by the tables is called in that order, ours table by table
+                reasons.setdefault(
+                    m,
+                    "its tables share a callable default and its hierarchy references itself "
+                    "(called level by level natively)",
+                )
                 continue
             unfit = _unfit_tables(conn, info, metas, self.options.trust_triggers)
             if unfit:
@@ -2616,6 +2626,18 @@ def _listened_copies(
             ):
                 out.setdefault(m, []).append(rel)
     return out
+
+
+def _callable_across_tables(info: MapperInfo) -> bool:
+    """Whether one callable default function serves columns of two of the mapper's tables."""
+    seen: dict[int, Table] = {}
+    for ts in info.tables:
+        for spec in ts.columns:
+            if spec.default_kind == D_CALLABLE:
+                fid = id(_sa.default_function(spec.column))
+                if seen.setdefault(fid, ts.table) is not ts.table:
+                    return True
+    return False
 
 
 def _deleted_secondaries(

@@ -37,8 +37,10 @@ differential probing):
   written in the order its save writes them (declaration order), not in the order their
   first objects were added: callable defaults, a shared sequence's ids and which table's
   constraint fails first follow it;
-- one callable default shared by a natively written table and another: called table by
-  table in the unit of work's order, so the other's objects stay native too;
+- one callable default shared by a natively written table and another (also through a
+  ``functools.partial``): called table by table in the unit of work's order, so the other's
+  objects stay native too; shared by the tables of a self-referencing hierarchy, it is
+  called level by level natively, so those objects stay native;
 - an inherited key copied to the next table's key under another name is copied once its own
   table is written: a failure in the middle table of three leaves the last one's key unset.
 """
@@ -537,6 +539,25 @@ class Voucher(Base):
     stamp: Mapped[int] = mapped_column(default=functools.partial(_stamp_next))
 
 
+class Officer(Base):
+    """Self-referencing joined inheritance; one callable default on both tables."""
+
+    __tablename__ = "mf_officer"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    boss_id: Mapped[int | None] = mapped_column(ForeignKey("mf_officer.id"))
+    stamp: Mapped[int] = mapped_column(default=_stamp_next)
+    boss: Mapped[Officer | None] = relationship(remote_side=[id])
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "officer"}
+
+
+class Captain(Officer):
+    __tablename__ = "mf_captain"
+    id: Mapped[int] = mapped_column(ForeignKey("mf_officer.id"), primary_key=True)
+    stamp2: Mapped[int] = mapped_column(default=_stamp_next)
+    __mapper_args__ = {"polymorphic_identity": "captain"}
+
+
 SHARED = Sequence("mf_shared", metadata=Base.metadata)
 
 
@@ -819,6 +840,17 @@ async def receipts(run: Run) -> None:
     run.snapshot("flush")
 
 
+async def officers(run: Run) -> None:
+    STAMPS.clear()
+    top = Captain()
+    objs: list[Any] = [Captain(boss=top) if i % 2 else Officer(boss=top) for i in range(30)]
+    objs.append(top)  # natively saved level by level: the top's two rows first
+    run.track(*objs)
+    run.session.add_all(objs)
+    await run.session.flush()
+    run.snapshot("flush")
+
+
 async def boats(run: Run) -> None:
     STAMPS.clear()
     objs: list[Any] = [(Canoe, Boat)[i % 2]() for i in range(40)]  # a Canoe first
@@ -879,6 +911,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "concrete inheritance, one shared sequence": boats,
     "inherited keys under other names, the middle table fails": etomes,
     "callable default shared with a native table": receipts,
+    "callable default shared by a self-referencing hierarchy's tables": officers,
 }
 STAYS_NATIVE = {
     "foreign key by value to a native new row": "is given the key of a new mf_depot row",
@@ -886,6 +919,7 @@ STAYS_NATIVE = {
     "sequence shared with native objects": "shares its id sequence with new Sign objects",
     "listener added after a first flush": "before_insert/after_insert listeners",
     "callable default shared with a native table": "share a callable default",
+    "callable default shared by a self-referencing hierarchy's tables": "references itself",
     "foreign key without relationship, native parent first": "mf_bpet.owner_id -> mf_aowner "
     "without a relationship: the unit of work inserts mf_aowner first",
 }
