@@ -114,13 +114,15 @@ def _uncast_value(
         meta = metas[table]
         from_str = name in meta.from_str_columns
         ip_parse = _IP_PARSERS.get(meta.column_types.get(name, ""))
+
+        def ip_alike(v: Any, parse: Any = ip_parse) -> bool:
+            return parse is not None and type(v) is str and _ip_alike(parse, v)
+
         for st in states:
             v = dicts[st].get(key)
             if v is None:
                 v = default  # None too: a None value is left out, and the default used
-            if v is None or (from_str and type(v) is str):
-                continue
-            if ip_parse is not None and type(v) is str and _ip_alike(ip_parse, v):
+            if v is None or (from_str and type(v) is str) or ip_alike(v):
                 continue
             if bind is OPAQUE_BIND:
                 pass  # a TypeDecorator: what it sends is unknown without calling it
@@ -129,9 +131,7 @@ def _uncast_value(
                     v = bind(v)
                 except Exception:  # natively raised too: leave it to the unit of work
                     return f"column {table.name}.{name}: its value {v!r} fails to bind-process"
-                if v is None or (from_str and isinstance(v, str)):
-                    continue
-                if ip_parse is not None and type(v) is str and _ip_alike(ip_parse, v):
+                if v is None or (from_str and isinstance(v, str)) or ip_alike(v):
                     continue
             if type(v) is str and ip_parse is not None:
                 return (
@@ -362,34 +362,27 @@ class FlushRun:
             self._revert()
             raise
         ours = len(self.fast) + len(self.parents_done)
+        conn = self._conn
+        native_left = conn is not None and len(self.ctx.states) > ours
+        # the statements the unit of work runs: when it writes the rest after ours, which of
+        # its tables fails decides which of ours it would have written before; objects it
+        # writes with prefetched ids keep them once their table's INSERTs are done (natively:
+        # RETURNING). See _revert.
+        after_ours = native_left and self._all_written
         seen: list[tuple[Table, bool]] = []
-        if not self._all_written or self._conn is None or len(self.ctx.states) <= ours:
-            # nothing of ours written, or nothing left for the unit of work to write
-            try:
-                if self._undo_ids and self._conn is not None and len(self.ctx.states) > ours:
-                    # objects it writes with prefetched ids keep them once their table's
-                    # INSERTs are done (natively: RETURNING)
-                    with _sa.dml_tables(self._conn, seen):
-                        native_execute()
-                else:
+        try:
+            if conn is not None and native_left and (after_ours or self._undo_ids):
+                with _sa.dml_tables(conn, seen):
                     native_execute()
-            except BaseException as err:
-                if isinstance(err, sa_exc.DBAPIError) and seen:
-                    self._native_inserted = {t for t, ins in seen[:-1] if ins} - {seen[-1][0]}
-                self._revert()
-                raise
-        else:
-            # the unit of work writes the rest: which of its tables fails decides which of
-            # ours it would have written before (see _revert)
-            try:
-                with _sa.dml_tables(self._conn, seen):
-                    native_execute()
-            except BaseException as err:
-                if isinstance(err, sa_exc.DBAPIError) and seen:
+            else:
+                native_execute()
+        except BaseException as err:
+            if isinstance(err, sa_exc.DBAPIError) and seen:
+                if after_ours:
                     self._native_failed = seen[-1][0]
-                    self._native_inserted = {t for t, ins in seen[:-1] if ins} - {seen[-1][0]}
-                self._revert()
-                raise
+                self._native_inserted = {t for t, ins in seen[:-1] if ins} - {seen[-1][0]}
+            self._revert()
+            raise
         if self.session.dispatch.after_flush:
             self._record_copies()
 
@@ -2628,15 +2621,20 @@ def _listened_copies(
     return out
 
 
+def _callable_ids(ts: TableSpec) -> Iterator[int]:
+    """The identity of what each Python callable default of the table calls."""
+    for spec in ts.columns:
+        if spec.default_kind == D_CALLABLE:
+            yield id(_sa.default_function(spec.column))
+
+
 def _callable_across_tables(info: MapperInfo) -> bool:
     """Whether one callable default function serves columns of two of the mapper's tables."""
     seen: dict[int, Table] = {}
     for ts in info.tables:
-        for spec in ts.columns:
-            if spec.default_kind == D_CALLABLE:
-                fid = id(_sa.default_function(spec.column))
-                if seen.setdefault(fid, ts.table) is not ts.table:
-                    return True
+        for fid in _callable_ids(ts):
+            if seen.setdefault(fid, ts.table) is not ts.table:
+                return True
     return False
 
 
@@ -2780,10 +2778,9 @@ def _split_callable_tables(
     for m in by_mapper:
         for ts in infos[m].tables:
             writers[ts.table].append(m)
-            for spec in ts.columns:
-                if spec.default_kind == D_CALLABLE:
-                    groups[ts.table][ts.table] = None
-                    groups[id(_sa.default_function(spec.column))][ts.table] = None
+            for fid in _callable_ids(ts):
+                groups[ts.table][ts.table] = None
+                groups[fid][ts.table] = None
     changed = False
     for tables in groups.values():
         sts = [st for table in tables for m in writers[table] for st in by_mapper[m]]
