@@ -478,7 +478,8 @@ def fast_expiry_available() -> bool:
 def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:
     """``state._expire(state.dict, modified_set)`` for every state, statement for statement
     (see ``InstanceState._expire``), with what depends only on the class manager looked up
-    once per manager instead of once per object."""
+    once per manager instead of once per object, and the state's plain attributes read and
+    written in its ``__dict__`` (their class-level defaults are plain values)."""
     # keyed by id: a ClassManager's __hash__ is a Python-level method
     per_manager: dict[int, tuple[list[str], Any, Any, Any]] = {}
     instance_dict = orm_base.instance_dict
@@ -488,39 +489,51 @@ def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) ->
         if found is None:
             found = per_manager[id(manager)] = (
                 [impl.key for impl in manager._loader_impls],  # noqa: SLF001
-                manager._collection_impl_keys,  # noqa: SLF001
+                manager._collection_impl_keys or None,  # noqa: SLF001
                 manager._all_key_set,  # noqa: SLF001
                 manager.dispatch.expire if manager.dispatch.expire else None,
             )
         loader_keys, collection_keys, all_keys, on_expire = found
         obj = state.obj()
         dict_ = instance_dict(obj) if obj is not None else {}
-        state.expired = True
-        if state.modified:
+        sd = state.__dict__
+        if sd.get("modified"):
             modified_set.discard(state)
             state.committed_state.clear()
-            state.modified = False
-        state._strong_obj = None  # noqa: SLF001
-        sd = state.__dict__
+            sd["modified"] = False
+        sd.update(_EXPIRED)
         if "_pending_mutations" in sd:
             del sd["_pending_mutations"]
         if "parents" in sd:
             del sd["parents"]
-        state.expired_attributes.update(loader_keys)
-        callables = state.callables
+        expired = state.expired_attributes
+        expired.update(loader_keys)
+        callables = sd.get("callables")
         if callables:
-            for k in state.expired_attributes.intersection(callables):
+            for k in expired.intersection(callables):
                 del callables[k]
-        for k in collection_keys.intersection(dict_):
-            collection = dict_.pop(k)
-            collection._sa_adapter.invalidated = True  # noqa: SLF001
-        lkv = state._last_known_values  # noqa: SLF001
+        if collection_keys is not None:
+            for k in collection_keys.intersection(dict_):
+                collection = dict_.pop(k)
+                collection._sa_adapter.invalidated = True  # noqa: SLF001
+        lkv = sd.get("_last_known_values")
         if lkv:
             lkv.update({k: dict_[k] for k in lkv if k in dict_})
-        for key in all_keys.intersection(dict_):
-            del dict_[key]
+        kept = dict_.keys() - all_keys
+        if len(kept) == 1:
+            # the usual instance dict: the attributes and the state itself
+            (k,) = kept
+            v = dict_[k]
+            dict_.clear()
+            dict_[k] = v
+        else:
+            for key in all_keys.intersection(dict_):
+                del dict_[key]
         if on_expire is not None:
             on_expire(state, None)
+
+
+_EXPIRED = {"expired": True, "_strong_obj": None}
 
 
 def use_fast_expiry(session: Session) -> None:

@@ -80,6 +80,7 @@ async def _world(engine: AsyncEngine) -> tuple[AsyncSession, list[Any]]:
     # not flushed: both worlds would update the same row and wait on each other's lock
     shelves[0].label = "changed"  # modified, with committed state
     shelves[1].books.append(Book(title="new"))  # a changed collection, a pending object
+    shelves[2].scratch = "kept"  # an attribute that is not mapped: expiry keeps it
     objs = [*shelves, deferred_one, lazy_book, *shelves[1].books]
     return s, objs
 
@@ -116,6 +117,9 @@ async def test_expire_all_matches_instance_state_expire(tables: AsyncEngine) -> 
             assert sorted(sa.callables) == sorted(sb.callables)
             assert sa.expired == sb.expired
             assert (sa._strong_obj is None) == (sb._strong_obj is None)
+            # what stays in the instance dicts, in order
+            assert list(vars(a)) == list(vars(b))
+        assert vars(ours_objs[2])["scratch"] == "kept"
     finally:
         await native.rollback()
         await ours.rollback()
