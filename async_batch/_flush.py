@@ -278,6 +278,10 @@ class FlushRun:
         """The unit of work's table whose statement failed after all of ours were written."""
         self._codec_oids: dict[int, bool] = {}
         """type OID -> whether a codec set on the connection makes it text-only"""
+        self._o2m_keys: dict[Any, frozenset[str]] = {}
+        """Per mapper whose objects may be idle parents: its one-to-many relationships."""
+        self._histories: _sa.HistoryMemo = {}
+        """Persistent objects' relationship histories, read once per flush (planning)."""
         self._held: list[Any] = []
         """Objects kept alive until the flush ends (see _hold_unowned)."""
         self._native_inserted: set[Table] = set()
@@ -308,6 +312,7 @@ class FlushRun:
         self._same_copies = []
         self._no_prefetch = set()
         self._loads = None
+        self._histories = {}
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -642,13 +647,16 @@ class FlushRun:
             # self-reference, or a cycle of foreign keys): it then saves every object a
             # processed one links to, registered or withheld
             cyclic = _cyclic_bases(infos) if persistent else set()
+            histories = self._histories
+            # (relationship, class) -> whether a key it copies has set listeners
+            listened: dict[tuple[int, int], bool] = {}
             early_idle: dict[InstanceState[Any], bool] = {}
             for pst, isdelete in persistent:
                 pm = pst.manager.mapper
                 pinfo = infos[pm]
                 if not pinfo.relationships:
                     continue
-                for rel, other in related_states(pst, pinfo, pending=True):
+                for rel, other in related_states(pst, pinfo, pending=True, memo=histories):
                     if other is None or other not in candidate:
                         continue
                     if rel.uncast_pairs and self._uncast_copy(rel, pst, other, bad, reasons):
@@ -689,10 +697,14 @@ class FlushRun:
                     elif rel.direction is ONETOMANY:
                         # a persistent parent's collection gained this object: its key comes
                         # from the parent (the native processor will set the same value)
-                        if any(
-                            _sa.has_set_listeners(other, _sa.propkey_for(other, r))
-                            for _left, r in rel.pairs
-                        ):
+                        lk = (id(rel), id(other.manager))
+                        heard = listened.get(lk)
+                        if heard is None:
+                            heard = listened[lk] = any(
+                                _sa.has_set_listeners(other, _sa.propkey_for(other, r))
+                                for _left, r in rel.pairs
+                            )
+                        if heard:
                             # ... and fire the key's set listeners and validators once more
                             # if the unit of work still processes the parent: natively they
                             # fire once per copy, which only it can count
@@ -706,7 +718,7 @@ class FlushRun:
                         self._parents.append((rel, pst, other))
             # association rows the unit of work deletes (a link removed, an object deleted):
             # natively deleted before any new row of that table is inserted, ours go first
-            gone = _deleted_secondaries(persistent, infos)
+            gone = _deleted_secondaries(persistent, infos, histories)
             for st in candidate if gone else ():
                 for rel, other in links.get(st, ()):
                     if other is not None and rel.secondary in gone:
@@ -735,7 +747,7 @@ class FlushRun:
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
             # updates the unit of work makes before these INSERTs, where the order matters
             if persistent:
-                _check_updates(persistent, by_mapper, infos, metas, bad, reasons)
+                _check_updates(persistent, by_mapper, infos, metas, bad, reasons, histories)
             while bad:
                 # badness spreads to every new object linked to a bad one, either direction
                 _spread(bad, links, candidate, reasons)
@@ -1025,15 +1037,19 @@ class FlushRun:
         if self.ctx.states.get(pst) != (False, False):
             return False
         mapper = pst.manager.mapper
-        info = infos.get(mapper)
-        if info is None or not _sa.is_plain_for_update(mapper):
-            return False
-        o2m = {r.key for r in info.relationships if r.direction is ONETOMANY}
+        o2m = self._o2m_keys.get(mapper)
+        if o2m is None:
+            info = infos.get(mapper)
+            o2m = self._o2m_keys[mapper] = (
+                frozenset(r.key for r in info.relationships if r.direction is ONETOMANY)
+                if info is not None and _sa.is_plain_for_update(mapper)
+                else frozenset()
+            )
         changed = set(pst.committed_state) | set(_sa.pending_mutation_keys(pst))
         if not changed or not changed <= o2m:
             return False
         for key in changed:
-            hist = _sa.collection_history(pst, key)
+            hist = _sa.collection_history(pst, key, self._histories)
             if hist.deleted or not all(
                 obj is not None and instance_state(obj) in members for obj in hist.added
             ):
@@ -1503,12 +1519,28 @@ class FlushRun:
         fast_set: set[InstanceState[Any]] | None = None
         if self._parents:
             fast_set = {st for sts in fast_groups.values() for st in sts}
+            # per (relationship, parent class, child class): the child's stage and the
+            # (referenced column, its key on the parent, foreign key on the child) pairs
+            hoisted: dict[tuple[int, int, int], tuple[int, list[tuple[Any, str, str]]]] = {}
             for rel, parent, child in self._parents:
-                if child in fast_set:
-                    # from a persistent parent: natively copied just before the child's INSERT
-                    stage = self._stage(child, _BEFORE_SAVED)
-                    for left, r in rel.pairs:
-                        set_(child, keyof(child, r), get(parent, left), stage)
+                if child not in fast_set:
+                    continue
+                # from a persistent parent: natively copied just before the child's INSERT
+                ck = (id(rel), id(parent.manager), id(child.manager))
+                found = hoisted.get(ck)
+                if found is None:
+                    found = hoisted[ck] = (
+                        self._stage(child, _BEFORE_SAVED),
+                        [(left, keyof(parent, left), keyof(child, r)) for left, r in rel.pairs],
+                    )
+                child_stage, copies = found
+                pd = dicts.get(parent)
+                if pd is None:
+                    pd = parent.dict
+                cd = dicts[child]
+                for left, pk, fk in copies:
+                    value = pd[pk] if pk in pd else _sa.get_by_column(parent, left)
+                    set_(child, fk, value, child_stage, cd)
         # inherited primary keys under another attribute name, for every state first: other
         # states' keys may be copied from them below
         # (the same attribute too: natively set through it, so its set listeners and
@@ -1816,28 +1848,40 @@ class FlushRun:
         ] = {}
         dicts = self._dicts
         simple: dict[int, list[str]] = {}
+        # ... and of those, the ones with pure bind processors: (position, processor)
+        simple_binds: dict[int, list[tuple[int, Any]]] = {}
         for spec_id, (plan, pos, _fill) in plans.items():
             # every value is the attribute as it is, None when absent: no defaults to
-            # evaluate, no bind processing, no column left out (primary keys are known by now)
-            pks = specs[spec_id].pk_propkeys
+            # evaluate, no column left out (primary keys are known by now), no bind
+            # processing but a pure one (which binds None as None)
+            ts = specs[spec_id]
+            pks = ts.pk_propkeys
             if pos is None and all(
-                bind is None
-                and orm_dflt is _MISSING
+                orm_dflt is _MISSING
                 and (kind in (D_NULL, D_NONE) or propkey in pks)
+                and (bind is None or propkey in ts.pure_binds)
                 for propkey, _n, _en, bind, kind, _dv, orm_dflt in plan
             ):
                 simple[spec_id] = [p[0] for p in plan]
+                binds = [(i, p[3]) for i, p in enumerate(plan) if p[3] is not None]
+                if binds:
+                    simple_binds[spec_id] = binds
         entries: list[tuple[InstanceState[Any], TableSpec]] = []
         if len(chunks) == 1 and simple:
             # one kind of row for the whole table: read all of them at once
             ts0, sts0 = chunks[0]
             keys0 = simple[id(ts0)]
-            rows0 = _rows_of(sts0, dicts, keys0)
+            rows0: list[tuple[Any, ...]] | None = _rows_of(sts0, dicts, keys0)
+            assert rows0 is not None
             pk_at = [i for i, k in enumerate(keys0) if k in ts0.pk_propkeys]
             nones = itertools.repeat(None)
-            if not any(
+            if any(
                 any(map(operator.is_, map(operator.itemgetter(i), rows0), nones)) for i in pk_at
             ):
+                rows0 = None
+            elif id(ts0) in simple_binds:
+                rows0 = _bound_columns(rows0, simple_binds[id(ts0)])
+            if rows0 is not None:
                 groups[((), 0)] = (rows0, sts0, [ts0] * len(sts0))
                 chunks = []
         if chunks:
@@ -1849,7 +1893,11 @@ class FlushRun:
         for st, ts in entries:
             d = dicts[st]
             keys_s = simple.get(id(ts))
-            if keys_s is not None and all(d.get(k) is not None for k in ts.pk_propkeys):
+            if (
+                keys_s is not None
+                and id(ts) not in simple_binds
+                and all(d.get(k) is not None for k in ts.pk_propkeys)
+            ):
                 if in_order and last_okey != ():
                     run += 1
                     last_okey = ()
@@ -2243,6 +2291,23 @@ def _rows_of(
     return [tuple(map(d.get, keys)) for d in ds]
 
 
+def _bound_columns(
+    rows: list[tuple[Any, ...]], binds: list[tuple[int, Any]]
+) -> list[tuple[Any, ...]] | None:
+    """The rows with pure bind processors applied to their values that are not None,
+    column by column; None if a processor raised (the row-by-row path then raises the
+    error natively raised first)."""
+    if not rows:
+        return rows
+    cols: list[Any] = list(zip(*rows, strict=True))
+    try:
+        for i, bind in binds:
+            cols[i] = [None if v is None else bind(v) for v in cols[i]]
+    except Exception:
+        return None
+    return list(zip(*cols, strict=True))
+
+
 def _without(
     states: list[InstanceState[Any]],
     dicts: dict[InstanceState[Any], dict[str, Any]],
@@ -2542,6 +2607,7 @@ def _check_updates(
     metas: Mapping[Table, TableMeta],
     bad: set[InstanceState[Any]],
     reasons: dict[Any, str],
+    memo: _sa.HistoryMemo,
 ) -> None:
     """The unit of work writes a table's UPDATEs before its INSERTs, and a referenced table's
     before the tables referencing it. Where a persistent row changes a unique (or primary
@@ -2554,7 +2620,7 @@ def _check_updates(
     for pst, isdelete in persistent:
         if isdelete:
             continue
-        for col in _sa.changed_columns(pst):
+        for col in _sa.changed_columns(pst, memo):
             changed[col.table].update([col])
     if not changed:
         return
@@ -2639,7 +2705,9 @@ def _callable_across_tables(info: MapperInfo) -> bool:
 
 
 def _deleted_secondaries(
-    persistent: list[tuple[InstanceState[Any], bool]], infos: dict[Any, MapperInfo]
+    persistent: list[tuple[InstanceState[Any], bool]],
+    infos: dict[Any, MapperInfo],
+    memo: _sa.HistoryMemo,
 ) -> set[Any]:
     """Association tables the unit of work deletes rows from in this flush: links removed
     from a persistent object's many-to-many relationship, or all links of a deleted one."""
@@ -2649,7 +2717,7 @@ def _deleted_secondaries(
         for rel in info.relationships if info is not None else ():
             if rel.direction is not MANYTOMANY or rel.secondary is None or rel.secondary in out:
                 continue
-            if isdelete or _sa.collection_history(pst, rel.key).deleted:
+            if isdelete or _sa.collection_history(pst, rel.key, memo).deleted:
                 out.add(rel.secondary)
     return out
 

@@ -51,6 +51,9 @@ class ColumnSpec:
     default_kind: int
     default_value: Any = None
     bind: Callable[[Any], Any] | None = None
+    pure_bind: bool = False
+    """The bind processor is SQLAlchemy's own side-effect-free one (``Boolean``, ``Enum``):
+    it may be applied column by column instead of row by row."""
 
 
 @dataclass
@@ -70,8 +73,11 @@ class TableSpec:
     plan: list[tuple[str, str, bool, Any, int, Any, Any]] = field(default_factory=list)
     """Per column, precomputed for the row loop:
     (propkey, name, eval_none, bind processor, default kind, default value, ORM default)."""
+    pure_binds: frozenset[str] = frozenset()
+    """propkeys of the columns whose bind processor is pure (``ColumnSpec.pure_bind``)."""
 
     def __post_init__(self) -> None:
+        self.pure_binds = frozenset(s.propkey for s in self.columns if s.pure_bind)
         orm = {name: value for _k, name, value in self.orm_defaults}
         self.plan = [
             (
@@ -258,6 +264,7 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
                     default_kind=kind,
                     default_value=value,
                     bind=_sa.bind_processor(col, dialect),
+                    pure_bind=_sa.has_pure_bind(col, dialect),
                 )
             )
         equated: list[tuple[str, str]] = []
@@ -388,12 +395,15 @@ def related_states(
     info: MapperInfo,
     d: dict[str, Any] | None = None,
     pending: bool = False,
+    memo: _sa.HistoryMemo | None = None,
 ) -> list[tuple[Relationship, InstanceState[Any] | None]]:
     """(relationship, related state) for every object in the relationship's added history --
     what the unit of work's dependency processors synchronize keys for. ``pending`` includes
-    appends queued on unloaded collections of persistent objects."""
+    appends queued on unloaded collections of persistent objects (``memo``: see
+    ``_sa.collection_history``)."""
     out: dict[InstanceState[Any], list[tuple[Relationship, InstanceState[Any] | None]]] = {}
-    related_states_many([state], info, {state: state.dict if d is None else d}, out, pending)
+    dicts = {state: state.dict if d is None else d}
+    related_states_many([state], info, dicts, out, pending, memo)
     return out[state]
 
 
@@ -403,6 +413,7 @@ def related_states_many(
     dicts: dict[InstanceState[Any], dict[str, Any]],
     out: dict[InstanceState[Any], list[tuple[Relationship, InstanceState[Any] | None]]],
     pending: bool = False,
+    memo: _sa.HistoryMemo | None = None,
 ) -> None:
     """``related_states`` for many states of one mapper, relationship by relationship (each
     state's list in ``out`` comes out in relationship order)."""
@@ -410,6 +421,14 @@ def related_states_many(
     passive = PassiveFlag.PASSIVE_NO_INITIALIZE
     if pending:
         passive |= PassiveFlag.INCLUDE_PENDING_MUTATIONS
+    else:
+        memo = None
+
+    def history(st: InstanceState[Any], key: str, d: dict[str, Any]) -> Any:
+        if memo is not None:
+            return _sa.collection_history(st, key, memo)
+        return st.manager[key].impl.get_history(st, d, passive)
+
     for rel in info.relationships:
         key = rel.key
         # a scalar: many-to-one, or one-to-one (uselist=False) either way
@@ -418,7 +437,7 @@ def related_states_many(
             d = dicts[st]
             if key not in d:
                 if pending and "_pending_mutations" in st.__dict__:
-                    hist = st.manager[key].impl.get_history(st, d, passive)
+                    hist = history(st, key, d)
                     for obj in hist.added or ():
                         found.append((rel, None if obj is None else instance_state(obj)))
                 continue
@@ -445,6 +464,6 @@ def related_states_many(
                     ]
                 )
                 continue
-            hist = st.manager[key].impl.get_history(st, d, passive)
+            hist = history(st, key, d)
             for obj in hist.added or ():
                 found.append((rel, None if obj is None else instance_state(obj)))

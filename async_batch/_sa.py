@@ -188,10 +188,11 @@ def _weakly_bound(owner: Any, method: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
-def changed_columns(state: InstanceState[Any]) -> list[Any]:
+def changed_columns(state: InstanceState[Any], memo: HistoryMemo | None = None) -> list[Any]:
     """The columns of a persistent object's changed column attributes (what its UPDATE sets):
     an attribute in the committed state whose value is not equal to the committed one
-    (``_collect_update_commands``; ``merge()`` leaves unchanged ones there)."""
+    (``_collect_update_commands``; ``merge()`` leaves unchanged ones there). ``memo``: see
+    ``collection_history``."""
     mapper = state.manager.mapper
     attrs = mapper.column_attrs
     rels = mapper.relationships
@@ -202,7 +203,7 @@ def changed_columns(state: InstanceState[Any]) -> list[Any]:
         prop = attrs.get(key)
         if prop is None:
             if key in rels:
-                out.extend(_relationship_changed_columns(state, rels[key]))
+                out.extend(_relationship_changed_columns(state, rels[key], memo))
             continue
         if key in d and manager[key].impl.is_equal(d[key], before) is True:
             continue
@@ -210,19 +211,20 @@ def changed_columns(state: InstanceState[Any]) -> list[Any]:
     pending = state.__dict__.get("_pending_mutations")
     for key in pending or ():
         if key in rels and key not in state.committed_state:
-            out.extend(_relationship_changed_columns(state, rels[key]))
+            out.extend(_relationship_changed_columns(state, rels[key], memo))
     return out
 
 
-def _relationship_changed_columns(state: InstanceState[Any], prop: Any) -> list[Any]:
+def _relationship_changed_columns(
+    state: InstanceState[Any], prop: Any, memo: HistoryMemo | None
+) -> list[Any]:
     """The foreign key columns the unit of work's dependency processors will change for a
     changed relationship of a persistent object: its own (many-to-one), or those of the
     objects it no longer holds (one-to-many: set to NULL, or the rows deleted)."""
     if prop.direction is MANYTOONE:
         return [r for _l, r in prop.synchronize_pairs if isinstance(r, Column)]
     if prop.direction is ONETOMANY:
-        passive = PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
-        hist = state.manager[prop.key].impl.get_history(state, state.dict, passive)
+        hist = collection_history(state, prop.key, memo)
         if hist.deleted:
             return [r for _l, r in prop.synchronize_pairs if isinstance(r, Column)]
     return []
@@ -601,10 +603,22 @@ def collection_members(collection: Any) -> Any:
     return collection._sa_adapter  # noqa: SLF001
 
 
-def collection_history(state: InstanceState[Any], key: str) -> Any:
-    """History of a collection as the unit of work reads it, queued appends included."""
+HistoryMemo = dict[tuple[InstanceState[Any], str], Any]
+
+
+def collection_history(state: InstanceState[Any], key: str, memo: HistoryMemo | None = None) -> Any:
+    """History of a relationship attribute as the unit of work reads it, queued appends
+    included. ``memo`` keeps each answer for the rest of one flush's planning, during which
+    neither the attribute nor its queued appends change."""
+    if memo is not None:
+        found = memo.get((state, key))
+        if found is not None:
+            return found
     passive = PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
-    return state.manager[key].impl.get_history(state, state.dict, passive)
+    hist = state.manager[key].impl.get_history(state, state.dict, passive)
+    if memo is not None:
+        memo[(state, key)] = hist
+    return hist
 
 
 def insert_order(state: InstanceState[Any]) -> int:
@@ -814,6 +828,29 @@ def is_context_free_callable(default: Any) -> bool:
 def bind_processor(column: Column[Any], dialect: Any) -> Callable[[Any], Any] | None:
     proc: Callable[[Any], Any] | None = column.type._cached_bind_processor(dialect)  # noqa: SLF001
     return proc
+
+
+# SQLAlchemy's own types whose bind processors only check and convert the value they are given
+_PURE_BIND_TYPES = (sqltypes.Boolean, sqltypes.Enum)
+
+
+def has_pure_bind(column: Column[Any], dialect: Any) -> bool:
+    """Whether the column's bind processor (for this dialect, variants resolved) is one of
+    SQLAlchemy's own side-effect-free ones, not a TypeDecorator's or a subclass's, and binds
+    None as None: calling it in another order, again, or not at all for None, is then
+    unobservable."""
+    impl = column.type.dialect_impl(dialect)
+    if not (
+        isinstance(impl, _PURE_BIND_TYPES)
+        and not isinstance(impl, sqltypes.TypeDecorator)
+        and type(impl).__module__.startswith("sqlalchemy.")
+    ):
+        return False
+    proc = bind_processor(column, dialect)
+    try:
+        return proc is None or proc(None) is None
+    except Exception:
+        return False
 
 
 def has_bind_expression(column: Column[Any]) -> bool:
