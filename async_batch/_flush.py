@@ -47,7 +47,7 @@ from ._planner import (
     related_states,
     related_states_many,
 )
-from ._report import Fallback, FlushReport, TableWrite, logger, store
+from ._report import Fallback, FlushReport, TableWrite, log, logger, store
 from ._sequences import IdSource, TableMeta
 
 _MISSING = MISSING
@@ -294,6 +294,7 @@ class FlushRun:
 
     def _reset(self) -> None:
         self.report = FlushReport(phases=self.report.phases)
+        store(self.session, self.report)
         self._early_defaults = False
         self._depths = {}
         self._depth = {}
@@ -318,6 +319,7 @@ class FlushRun:
 
     def execute(self, native_execute: Callable[[], None]) -> None:
         self._mark("register")
+        store(self.session, self.report)
         with _gc_paused(self.options.pause_gc):
             self._execute(native_execute)
 
@@ -426,7 +428,7 @@ class FlushRun:
             if self.fast:
                 _sa.use_fast_expiry(self.session)
         self._mark("adopt")
-        store(self.session, self.report)
+        log(self.report)
 
     # -- planning ------------------------------------------------------------------------------
 

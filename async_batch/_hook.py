@@ -13,7 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session, async_sessionmaker
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from . import _sa, _sequences
+from . import _report, _sa, _sequences
 from ._flush import FlushRun, Options
 from ._planner import mapper_info
 
@@ -36,17 +36,24 @@ class _Registration:
         tuple or more per object (the unit of work's registration, our rows), and a full
         collection triggered on the way walks every object in the process -- a tenth of a
         second at 10,000 new objects. Always re-enabled, however the flush ends."""
-        if objects or not self.options.pause_gc or not gc.isenabled():
-            proceed()
-            return
-        if not _sa.has_pending(session):
-            proceed()
-            return
-        gc.disable()
+        before = _report.current(session)
         try:
-            proceed()
-        finally:
-            gc.enable()
+            if (
+                objects
+                or not self.options.pause_gc
+                or not gc.isenabled()
+                or not _sa.has_pending(session)
+            ):
+                proceed()
+                return
+            gc.disable()
+            try:
+                proceed()
+            finally:
+                gc.enable()
+        except BaseException as err:
+            _report.mark_failed(session, before, err)
+            raise
 
     def before_flush(self, session: Session, flush_context: Any, objects: Any) -> None:
         if getattr(flush_context, _FLAG, None) is not None:

@@ -45,7 +45,17 @@ from reliability_support import (
     sqlstate,
     wait_backend_settled,
 )
-from sqlalchemy import CheckConstraint, ForeignKey, MetaData, Sequence, String, Text, inspect, text
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    MetaData,
+    Sequence,
+    String,
+    Text,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -269,6 +279,13 @@ async def test_violation_rolls_back_the_whole_flush(
             assert ITEM in str(err), "the message must name the table"
             assert STATEMENT_MARK[strategy] in str(err), "the fault must hit the tested writer"
             evidence[index] = _row_evidence(err, kind, strategy, index)
+            if strategy != "native":
+                # the failed flush is the last one reported, with why and where
+                report = last_flush(session)
+                assert report is not None
+                assert report.error is not None, report.summary()
+                assert report.error.startswith(type(err).__name__), report.error
+                assert ITEM in report.error, report.error
             await session.rollback()
         # objects look as they did before the flush: transient again, no ids assigned
         assert all(inspect(o).transient for o in objs)
@@ -300,6 +317,39 @@ async def test_violation_rolls_back_the_whole_flush(
         )
         == 0
     )
+
+
+async def test_report_of_a_failed_flush(engine: AsyncEngine) -> None:
+    """``last_flush`` reports a failed flush with its error; a flush that fails before
+    async_batch sees it (a ``before_flush`` listener) leaves the previous report."""
+    maker = maker_for(engine, "copy")
+    async with maker() as session:
+        session.add_all(items(50))
+        await session.flush()
+        good = last_flush(session)
+        assert good is not None
+        assert good.error is None
+        assert good.accelerated == 50
+
+        def refuse(*_args: Any) -> None:
+            raise RuntimeError("refused")
+
+        event.listen(session.sync_session, "before_flush", refuse)
+        session.add_all(items(5, prefix="d"))
+        with pytest.raises(RuntimeError):
+            await session.flush()
+        assert last_flush(session) is good
+        assert good.error is None
+        event.remove(session.sync_session, "before_flush", refuse)
+        event.listen(session.sync_session, "after_flush", refuse)
+        with pytest.raises(RuntimeError):
+            await session.flush()
+        failed = last_flush(session)
+        assert failed is not None
+        assert failed is not good
+        assert failed.error == "RuntimeError: refused", failed.summary()
+        assert "failed: RuntimeError: refused" in failed.summary()
+        await session.rollback()
 
 
 async def test_violation_in_a_later_table_undoes_the_earlier_tables(
