@@ -486,6 +486,15 @@ class FlushRun:
             self._fallback("flush", why, len(states))
             return
 
+        if any(map(_expired_of, states)):
+            # made persistent by a flush that failed (a pending_to_persistent listener
+            # raised) and expired by the rollback: natively a load the unit of work's save
+            # may try (and refuse, without a full primary key) -- never a row of NULLs
+            report.native = len(states)
+            why = "a new object has expired attributes (left so by a failed flush's rollback)"
+            self._fallback("flush", why, len(states))
+            return
+
         fast_ok = self.options.fast_path
 
         infos: dict[Any, MapperInfo] = {}
@@ -2913,6 +2922,7 @@ def _sync_targets(infos: dict[Any, MapperInfo]) -> set[Any]:
 
 
 _mapper_of = operator.attrgetter("manager.mapper")
+_expired_of = operator.attrgetter("expired_attributes")
 _key_of = operator.attrgetter("key")
 
 

@@ -56,6 +56,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import INT4RANGE, Range
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -661,6 +662,32 @@ async def pending_to_persistent_sees_parent(run: Run) -> None:
     await s.commit()
 
 
+async def readded_after_failed_flush(run: Run) -> None:
+    s = run.session
+    fans = [Fan(name=f"f{i}") for i in range(40)]
+    run.track(*fans)
+
+    def refuse(_session: Any, _obj: Any) -> None:
+        raise RuntimeError("refused")
+
+    event.listen(s.sync_session, "pending_to_persistent", refuse)
+    s.add_all(fans)
+    try:
+        await s.flush()
+    except RuntimeError:
+        run.events.append(("flush failed",))
+    event.remove(s.sync_session, "pending_to_persistent", refuse)
+    await s.rollback()
+    run.snapshot("rolled back")  # transient again, every attribute expired
+    s.add_all(fans)
+    try:
+        await s.commit()
+    except InvalidRequestError as err:  # natively: they cannot be refreshed (no row of NULLs)
+        run.events.append(("commit failed", type(err).__name__))
+    run.snapshot("commit failed")
+    await s.rollback()
+
+
 async def later_native_table_fails(run: Run) -> None:
     probes = [Probe(x=i) if i % 2 else Probe() for i in range(40)]
     readings = [Reading(v=-1 if i == 5 else i) for i in range(10)]
@@ -746,6 +773,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "validator on a key copied from a new parent": cows_of_new_farms,
     "pending_to_persistent sees the parent committed": pending_to_persistent_sees_parent,
     "native objects with prefetched ids, a later native table fails": later_native_table_fails,
+    "re-added after a failed flush's rollback expired them": readded_after_failed_flush,
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -766,6 +794,7 @@ STAYS_NATIVE = {
     ),
     "scalar many-to-many replaced by a new object": ("from which this flush deletes", True),
     "validator on a key copied from a new parent": ("validators from a new object", False),
+    "re-added after a failed flush's rollback expired them": ("has expired attributes", False),
 }
 FAILS = {
     "many-to-many to persistent objects, failing",
