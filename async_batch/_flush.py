@@ -280,7 +280,7 @@ class FlushRun:
         """type OID -> whether a codec set on the connection makes it text-only"""
         self._o2m_keys: dict[Any, frozenset[str]] = {}
         """Per mapper whose objects may be idle parents: its one-to-many relationships."""
-        self._histories: _sa.HistoryMemo = {}
+        self._histories = _sa.HistoryMemo(self.ctx)
         """Persistent objects' relationship histories, read once per flush (planning)."""
         self._held: list[Any] = []
         """Objects kept alive until the flush ends (see _hold_unowned)."""
@@ -313,7 +313,7 @@ class FlushRun:
         self._same_copies = []
         self._no_prefetch = set()
         self._loads = None
-        self._histories = {}
+        self._histories = _sa.HistoryMemo(self.ctx)
 
     # -- hooks ---------------------------------------------------------------------------------
 

@@ -603,21 +603,44 @@ def collection_members(collection: Any) -> Any:
     return collection._sa_adapter  # noqa: SLF001
 
 
-HistoryMemo = dict[tuple[InstanceState[Any], str], Any]
+class HistoryMemo:
+    """Persistent objects' relationship histories as one flush's planning reads them, each
+    once (neither the attributes nor their queued appends change meanwhile)."""
+
+    __slots__ = ("flush_context", "found")
+
+    def __init__(self, flush_context: Any) -> None:
+        self.flush_context = flush_context
+        self.found: dict[tuple[InstanceState[Any], str], Any] = {}
 
 
 def collection_history(state: InstanceState[Any], key: str, memo: HistoryMemo | None = None) -> Any:
     """History of a relationship attribute as the unit of work reads it, queued appends
-    included. ``memo`` keeps each answer for the rest of one flush's planning, during which
-    neither the attribute nor its queued appends change."""
+    included (``memo``: see ``HistoryMemo``).
+
+    A one-to-one object replaced before its previous value was loaded: the unit of work's
+    save loads that value (a query finding the row that points at this object), once, into
+    its own cache, before any INSERT of the flush. With ``memo`` it is read through that
+    cache now -- before async_batch writes rows the query would find too."""
     if memo is not None:
-        found = memo.get((state, key))
+        found = memo.found.get((state, key))
         if found is not None:
             return found
     passive = PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
-    hist = state.manager[key].impl.get_history(state, state.dict, passive)
+    impl = state.manager[key].impl
+    if (
+        memo is not None
+        and getattr(impl, "_deferred_history", False)
+        and key in state.dict
+        and state.committed_state.get(key) is orm_base.PASSIVE_NO_RESULT
+    ):
+        ctx = memo.flush_context
+        ctx.get_attribute_history(state, key, passive)
+        hist = ctx.attributes[("history", state, key)][0]
+    else:
+        hist = impl.get_history(state, state.dict, passive)
     if memo is not None:
-        memo[(state, key)] = hist
+        memo.found[(state, key)] = hist
     return hist
 
 

@@ -605,6 +605,25 @@ def replaced_badge(move: bool) -> Callable[[Run], Any]:
     return workload
 
 
+async def badge_for_unloaded_member(run: Run) -> None:
+    s = run.session
+    m2 = (await s.scalars(select(Member).where(Member.name == "m2"))).one()
+    m2.name = "m2x"  # in the flush: an UPDATE
+    new = Badge(label="new")
+
+    def link(_session: Any) -> None:
+        # the back reference replaces m2.badge, never loaded: the unit of work's save loads
+        # the previous value (finding no row) before any INSERT, and keeps it for the flush
+        new.member = m2
+
+    await s.run_sync(link)
+    badges = [Badge(label=f"b{i}") for i in range(40)]
+    run.track(m2, new, *badges)
+    s.add_all([new, *badges])
+    await s.commit()
+    run.snapshot("commit")
+
+
 def tagged_articles(loaded: bool, fail: bool) -> Callable[[Run], Any]:
     async def workload(run: Run) -> None:
         s = run.session
@@ -774,6 +793,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "pending_to_persistent sees the parent committed": pending_to_persistent_sees_parent,
     "native objects with prefetched ids, a later native table fails": later_native_table_fails,
     "re-added after a failed flush's rollback expired them": readded_after_failed_flush,
+    "one-to-one value replaced before it was loaded": badge_for_unloaded_member,
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
