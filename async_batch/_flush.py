@@ -269,6 +269,8 @@ class FlushRun:
         self._early_defaults = False
         self._depths: dict[Any, dict[InstanceState[Any], int]] = {}
         self._depth: dict[InstanceState[Any], int] = {}
+        self._save_steps: dict[InstanceState[Any], int] = {}
+        """The step of the unit of work's per-object sort each object's save is in."""
         self._table_pos: dict[Table, int] = {}
         self._reqs: list[tuple[frozenset[int], int]] = []
         self._req_ids: dict[tuple[Any, ...], int] = {}
@@ -298,6 +300,7 @@ class FlushRun:
         self._early_defaults = False
         self._depths = {}
         self._depth = {}
+        self._save_steps = {}
         self._table_pos = {}
         self._reqs = []
         self._req_ids = {}
@@ -498,6 +501,19 @@ class FlushRun:
         fast_ok = self.options.fast_path
 
         infos: dict[Any, MapperInfo] = {}
+        for m in by_mapper:
+            infos[m] = mapper_info(m, dialect)
+        if _self_referencing_bases(infos):
+            # the unit of work saves these objects one by one, in the steps of its sort: ours
+            # are written, and their ids drawn, in that order
+            try:
+                self._save_steps = _sa.save_steps(session, self.ctx)
+            except sa_exc.CircularDependencyError:
+                # natively refused before any statement: so here
+                report.native = len(states)
+                why = "objects depend on each other in a cycle (the unit of work refuses it)"
+                self._fallback("flush", why, len(states))
+                return
         metas: dict[Table, TableMeta] = {}
 
         def meta_for(table: Table, info: MapperInfo) -> TableMeta:
@@ -509,8 +525,6 @@ class FlushRun:
                 )
             return m
 
-        for m in by_mapper:
-            infos[m] = mapper_info(m, dialect)
         if fast_ok and len(states) < self.options.small_flush:
             ours, native_trips = _round_trip_estimates(by_mapper, infos)
             if ours >= native_trips:
@@ -1076,12 +1090,11 @@ class FlushRun:
         updated alike: both are levels of the unit of work's sort), computed once."""
         found = self._depths.get(base)
         if found is None:
-            in_flush = [
-                st
-                for st, (isdelete, listonly) in self.ctx.states.items()
-                if not isdelete and not listonly and st.manager.mapper.base_mapper is base
-            ]
-            found = self._depths[base] = _depths(in_flush, infos, self._links, dialect)
+            found = self._depths[base] = {
+                st: step
+                for st, step in self._save_steps.items()
+                if st.manager.mapper.base_mapper is base
+            }
             self._depth.update(found)
         return found
 
@@ -2976,48 +2989,6 @@ def _synced_from_relationship(info: MapperInfo, key: str) -> bool:
                 if _sa.mapper_propkey(info.mapper, r) == key:
                     return True
     return False
-
-
-def _depths(
-    states: list[InstanceState[Any]],
-    infos: dict[Any, MapperInfo],
-    links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]],
-    dialect: Any,
-) -> dict[InstanceState[Any], int]:
-    """Depth of each state in the self-referential parent/child graph of the states the
-    unit of work saves in this flush (new and updated alike: both are levels of its sort)."""
-    members = set(states)
-    parent: dict[InstanceState[Any], InstanceState[Any]] = {}
-    for st in states:
-        m = st.manager.mapper
-        info = infos.get(m)
-        if info is None:
-            info = infos[m] = mapper_info(m, dialect)
-        base = m.base_mapper
-        found = links.get(st)
-        if found is None:
-            found = links[st] = related_states(st, info, pending=st.key is not None)
-        for rel, other in found:
-            if other is None or other not in members:
-                continue
-            if rel.prop.mapper.base_mapper is not base:
-                continue
-            if rel.direction is MANYTOONE:
-                parent.setdefault(st, other)
-            elif rel.direction is ONETOMANY:
-                parent.setdefault(other, st)
-    depth: dict[InstanceState[Any], int] = {}
-    for st in states:
-        chain = []
-        cur: InstanceState[Any] | None = st
-        while cur is not None and cur not in depth and cur not in chain:
-            chain.append(cur)
-            cur = parent.get(cur)
-        base_depth = depth.get(cur, -1) if cur is not None else -1
-        for node in reversed(chain):
-            base_depth += 1
-            depth[node] = base_depth
-    return depth
 
 
 def _ids_known(st: InstanceState[Any], info: MapperInfo) -> bool:

@@ -30,13 +30,14 @@ from typing import Any, NoReturn, TypeVar
 import sqlalchemy
 from sqlalchemy import Column, Table, event
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Mapper, Session, SessionTransaction
+from sqlalchemy.orm import Mapper, Session, SessionTransaction, unitofwork
 from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import schema as sa_schema
 from sqlalchemy.sql import sqltypes
+from sqlalchemy.util import topological
 
 _T = TypeVar("_T")
 
@@ -268,6 +269,63 @@ def dml_tables(connection: Connection, seen: list[tuple[Table, bool]]) -> Iterat
         yield
     finally:
         event.remove(connection, "before_cursor_execute", before)
+
+
+class _DryRun(unitofwork.UOWTransaction):
+    """A unit of work that only plans: the flush's registrations, its presort steps and its
+    sort, never executed. An object a relationship cascades to but the session does not hold
+    is refused without the warning (the flush itself still gives it)."""
+
+    def register_object(
+        self,
+        state: InstanceState[Any],
+        isdelete: bool = False,
+        listonly: bool = False,
+        cancel_delete: bool = False,
+        operation: str | None = None,
+        prop: Any = None,
+    ) -> bool:
+        if not self.session._contains_state(state):  # noqa: SLF001
+            return False
+        return bool(
+            super().register_object(state, isdelete, listonly, cancel_delete, operation, prop)
+        )
+
+
+_SAVE_STATE = getattr(unitofwork, "_SaveUpdateState", None) or unitofwork.SaveUpdateState  # type: ignore[attr-defined]
+
+
+def save_steps(session: Session, flush_context: Any) -> dict[InstanceState[Any], int]:
+    """Where the flush's unit of work saves objects one by one -- its mappers' dependencies
+    form a cycle, as a self-referencing mapper's do -- the step of its sort each object's save
+    is in (``topological.sort_as_subsets``: it saves step by step, each mapper's objects of one
+    step in one batch, in insert order); empty where it saves mapper by mapper.
+
+    Found by a dry run of the unit of work's own planning with the flush's registrations:
+    its presort steps (which may load a replaced one-to-one object's previous value, or a
+    collection: the values are handed to the flush's own cache, which would load them just
+    the same, before any INSERT) and its sort. Raises ``CircularDependencyError`` where the
+    flush would (objects depending on each other)."""
+    dry = _DryRun(session)
+    shared: dict[Any, Any] = flush_context.attributes
+    cache: dict[Any, Any] = dry.attributes
+    # the unit of work's history cache: keyed ("history", state, key)
+    cache.update({k: v for k, v in shared.items() if isinstance(k, tuple) and k[0] == "history"})
+    for state, (isdelete, listonly) in list(flush_context.states.items()):
+        dry.register_object(state, isdelete=isdelete, listonly=listonly)
+    actions = dry._generate_actions()  # type: ignore[no-untyped-call]  # noqa: SLF001
+    for k, v in cache.items():
+        if isinstance(k, tuple) and k[0] == "history" and k not in shared and k[1].key is not None:
+            shared[k] = v
+    if not dry.cycles:
+        return {}
+    ordered = sorted(actions, key=operator.attrgetter("sort_key"))
+    steps: dict[InstanceState[Any], int] = {}
+    for i, subset in enumerate(topological.sort_as_subsets(dry.dependencies, ordered)):
+        for action in subset:
+            if type(action) is _SAVE_STATE:
+                steps[action.state] = i
+    return steps
 
 
 def mapper_sort_key(mapper: Mapper[Any]) -> str:
