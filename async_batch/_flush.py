@@ -29,6 +29,7 @@ from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.schema import sort_tables_and_constraints
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import topological
 
 from . import _sa, _sequences, _writer
 from ._planner import (
@@ -2683,9 +2684,27 @@ def _record_copy(st: InstanceState[Any], key: str, old: Any) -> None:
 def _sort_tables(tables: Iterable[Table]) -> tuple[list[Table], list[Any]]:
     """The tables in foreign-key order, and the foreign-key constraints that order could not
     satisfy (cycles)."""
-    ordered = list(sort_tables_and_constraints(list(tables)))  # type: ignore[no-untyped-call]
-    leftover = ordered[-1][1] if ordered and ordered[-1][0] is None else []
-    return [t for t, _ in ordered if t is not None], list(leftover)
+    given = list(tables)
+    ordered = list(sort_tables_and_constraints(given))  # type: ignore[no-untyped-call]
+    leftover = list(ordered[-1][1]) if ordered and ordered[-1][0] is None else []
+    order = [t for t, _ in ordered if t is not None]
+    if any(fk.use_alter is True for fk in leftover):
+        # SQLAlchemy's sort leaves ``use_alter`` constraints out (it lists them with those
+        # that close a cycle): they order the tables like any other unless they close one
+        members = set(given)
+        cut = {fk for fk in leftover if fk.use_alter is not True}
+        edges = [
+            (fk.referred_table, t)
+            for t in order
+            for fk in t.foreign_key_constraints
+            if fk not in cut and fk.referred_table in members and fk.referred_table is not t
+        ]
+        try:
+            order = list(topological.sort(edges, order))
+        except sa_exc.CircularDependencyError:
+            return order, leftover
+        leftover = [fk for fk in leftover if fk.use_alter is not True]
+    return order, leftover
 
 
 def _listened_copies(

@@ -330,6 +330,23 @@ class Knot(Base):
     parent: Mapped[Knot | None] = relationship(remote_side=[id])
 
 
+class Hub(Base):
+    __tablename__ = "rs_hub"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class Spoke(Base):
+    """A ``use_alter`` foreign key, in no cycle: it orders the tables like any other."""
+
+    __tablename__ = "rs_spoke"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hub_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rs_hub.id", use_alter=True, name="rs_spoke_hub")
+    )
+    hub: Mapped[Hub | None] = relationship()
+
+
 class Box(Base):
     __tablename__ = "rs_box"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -510,6 +527,11 @@ def self_ref_levels(existing: Folder | None) -> Built:
     return out, out
 
 
+def use_alter_key(existing: Folder | None) -> Built:
+    objs = [Spoke(hub=Hub(name=f"h{i}")) for i in range(20)]
+    return objs, objs
+
+
 def shared_sequence(existing: Folder | None) -> Built:
     objs: list[Any] = [Zinc(name=f"z{i}") for i in range(3)] + [
         Argon(name=f"a{i}") for i in range(3)
@@ -532,6 +554,7 @@ CASES: dict[str, Callable[[Folder | None], Built]] = {
     "concrete_inheritance": concrete_inheritance,
     "self_ref_levels": self_ref_levels,
     "shared_sequence": shared_sequence,
+    "use_alter_key": use_alter_key,
 }
 STAYS_NATIVE = {
     "post_update": "post_update",
