@@ -702,6 +702,16 @@ def collection_history(state: InstanceState[Any], key: str, memo: HistoryMemo | 
     return hist
 
 
+def all_pending_states(state: InstanceState[Any], key: str) -> list[InstanceState[Any]]:
+    """The objects the unit of work's per-object sort links a saved object to along a
+    relationship (``DependencyProcessor.per_state_flush_actions``: ``get_all_pending``
+    without loading): every loaded value, changed or not, and the ones it replaced."""
+    found = state.manager[key].impl.get_all_pending(
+        state, state.dict, PassiveFlag.PASSIVE_NO_INITIALIZE
+    )
+    return [st for st, _obj in found if st is not None]
+
+
 def insert_order(state: InstanceState[Any]) -> int:
     return int(state.insert_order or 0)
 

@@ -56,7 +56,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import INT4RANGE, Range
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -441,6 +441,25 @@ async def transient_parents_readded(run: Run) -> None:
     await run.session.commit()
 
 
+async def rekeyed_by_a_rollback(run: Run) -> None:
+    s = run.session
+    owners = [Owner(name=f"o{i}", pets=[Pet(name=f"p{i}")]) for i in range(40)]
+    pets = [o.pets[0] for o in owners]
+    run.track(*owners, *pets)
+    s.add_all(owners)
+    await s.flush()
+    owners[0].id = 500  # its pet's row still points at the old key: the UPDATE fails
+    try:
+        await s.flush()
+    except IntegrityError:
+        run.events.append(("update failed",))
+    await s.rollback()  # transient again: owners[0] keeps 500, its pet the old key's copy
+    run.snapshot("rolled back")
+    s.add_all(owners)
+    await s.commit()  # natively the pet gets 500 again from its owner (its key changed)
+    run.snapshot("commit")
+
+
 async def reparent_under_new_nodes(run: Run) -> None:
     """New nodes under a persistent root and under each other, and a persistent node moved
     under a new one: the unit of work saves the moved node object by object, and with it
@@ -794,6 +813,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "native objects with prefetched ids, a later native table fails": later_native_table_fails,
     "re-added after a failed flush's rollback expired them": readded_after_failed_flush,
     "one-to-one value replaced before it was loaded": badge_for_unloaded_member,
+    "key changed, then made transient by a rollback": rekeyed_by_a_rollback,
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -806,6 +826,7 @@ STAYS_NATIVE = {
     "row switch": ("primary key of an object in the session", True),
     "validated key from an updated parent": ("copies a key with set listeners", False),
     "transient parents re-added": ("primary key changed since the object was persistent", False),
+    "key changed, then made transient by a rollback": ("synchronizes it again", True),
     "reparent under new nodes": ("moves a persistent object", False),
     "many-to-many link removed, moved to a new object": ("from which this flush deletes", False),
     "many-to-many links of a deleted object, one moved to a new object": (
