@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Column, Table, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper, Session, SessionTransaction, unitofwork
 from sqlalchemy.orm import base as orm_base
@@ -37,7 +38,6 @@ from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import schema as sa_schema
 from sqlalchemy.sql import sqltypes
-from sqlalchemy.util import topological
 
 _T = TypeVar("_T")
 
@@ -319,13 +319,47 @@ def save_steps(session: Session, flush_context: Any) -> dict[InstanceState[Any],
             shared[k] = v
     if not dry.cycles:
         return {}
-    ordered = sorted(actions, key=operator.attrgetter("sort_key"))
-    steps: dict[InstanceState[Any], int] = {}
-    for i, subset in enumerate(topological.sort_as_subsets(dry.dependencies, ordered)):
-        for action in subset:
-            if type(action) is _SAVE_STATE:
-                steps[action.state] = i
-    return steps
+    steps = _subset_levels(dry.dependencies, actions)
+    if steps is None:
+        raise sa_exc.CircularDependencyError(
+            "Circular dependency detected.", set(), dry.dependencies
+        )
+    return {a.state: step for a, step in steps.items() if type(a) is _SAVE_STATE}
+
+
+def _subset_levels(edges: Iterable[tuple[Any, Any]], items: Iterable[Any]) -> dict[Any, int] | None:
+    """The subset ``topological.sort_as_subsets(edges, items)`` yields each item in (its
+    level), in one pass over the graph instead of one per level: 0 for an item no other
+    item must precede, else one more than the deepest of those (a dependency that is not
+    among the items holds nothing back). None where it would raise (a cycle)."""
+    members = set(items)
+    deps: dict[Any, list[Any]] = {}
+    for parent, child in edges:
+        if parent in members and child in members:
+            deps.setdefault(child, []).append(parent)
+    level: dict[Any, int] = {}
+    for item in members:
+        if item in level:
+            continue
+        best = {item: 0}
+        stack = [(item, iter(deps.get(item, ())))]
+        while stack:
+            node, todo = stack[-1]
+            nxt = next(todo, None)
+            if nxt is None:
+                stack.pop()
+                level[node] = best.pop(node)
+                if stack:
+                    below = stack[-1][0]
+                    best[below] = max(best[below], level[node] + 1)
+            elif nxt in level:
+                best[node] = max(best[node], level[nxt] + 1)
+            elif nxt in best:  # on the current path: a cycle
+                return None
+            else:
+                best[nxt] = 0
+                stack.append((nxt, iter(deps.get(nxt, ()))))
+    return level
 
 
 def mapper_sort_key(mapper: Mapper[Any]) -> str:

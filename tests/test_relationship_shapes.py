@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import (
     Column,
     ForeignKey,
@@ -31,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import CircularDependencyError, IntegrityError
 from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.orderinglist import ordering_list
@@ -45,10 +47,11 @@ from sqlalchemy.orm import (
     selectinload,
     validates,
 )
+from sqlalchemy.util import topological
 from support import Run, assert_fast_reports, compare_modes, create_schema
 from test_property import MODES
 
-from async_batch import enable_async_batching, last_flush
+from async_batch import _sa, enable_async_batching, last_flush
 from async_batch.testing import sqlalchemy_url
 
 
@@ -909,3 +912,23 @@ def test_tree_saved_in_the_unit_of_work_steps(shapes_dsn: str, case: str) -> Non
         return
     assert native.error is None, native.error
     assert_fast_reports(results)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=25),
+    raw=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=60),
+)
+def test_step_levels_are_sqlalchemy_subsets(n: int, raw: list[tuple[int, int]]) -> None:
+    """The unit of work's steps, computed in one pass (``_sa._subset_levels``), are the
+    subsets ``topological.sort_as_subsets`` yields -- or a cycle where it raises; edges to
+    or from nodes outside the items hold nothing back."""
+    items = list(range(n))
+    edges = set(raw)
+    ours = _sa._subset_levels(edges, items)
+    try:
+        subsets = list(topological.sort_as_subsets(edges, items))
+    except CircularDependencyError:
+        assert ours is None
+        return
+    assert ours == {item: i for i, subset in enumerate(subsets) for item in subset}
