@@ -281,6 +281,8 @@ class FlushRun:
         """The unit of work's table whose statement failed after all of ours were written."""
         self._codec_oids: dict[int, bool] = {}
         """type OID -> whether a codec set on the connection makes it text-only"""
+        self._orphaning: list[Any] | None = None
+        """Mappers whose objects this flush may delete as orphans (``orphaning_targets``)."""
         self._o2m_keys: dict[Any, frozenset[str]] = {}
         """Per mapper whose objects may be idle parents: its one-to-many relationships."""
         self._histories = _sa.HistoryMemo(self.ctx)
@@ -318,6 +320,7 @@ class FlushRun:
         self._no_prefetch = set()
         self._loads = None
         self._histories = _sa.HistoryMemo(self.ctx)
+        self._orphaning = None
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -762,6 +765,16 @@ class FlushRun:
                                 "from a persistent object",
                             )
                             continue
+                        if self._orphaned(pst):
+                            # the unit of work may delete the parent as an orphan: what it
+                            # then does to the children is its own (nulled or expired keys)
+                            bad.add(other)
+                            reasons.setdefault(
+                                other.manager.mapper,
+                                f"linked along {rel.prop} to an object this flush may delete "
+                                "as an orphan",
+                            )
+                            continue
                         self._parents.append((rel, pst, other))
             # association rows the unit of work deletes (a link removed, an object deleted):
             # natively deleted before any new row of that table is inserted, ours go first
@@ -1073,6 +1086,15 @@ class FlushRun:
             candidates[parent] = None
         return [pst for pst in candidates if self._is_idle(pst, infos, fast_set)]
 
+    def _orphaned(self, pst: InstanceState[Any]) -> bool:
+        """Whether the unit of work's presort may find this persistent object orphaned and
+        delete it: its class is the target of a delete-orphan relationship that changed in
+        this flush (the previous value of a one-to-one maybe not loaded yet)."""
+        if self._orphaning is None:
+            self._orphaning = _sa.orphaning_targets(self.ctx.states)
+        mapper = pst.manager.mapper
+        return bool(self._orphaning) and any(mapper.isa(t) for t in self._orphaning)
+
     def _is_idle(
         self,
         pst: InstanceState[Any],
@@ -1084,6 +1106,8 @@ class FlushRun:
         if self.ctx.states.get(pst) != (False, False):
             return False
         mapper = pst.manager.mapper
+        if self._orphaned(pst):
+            return False
         o2m = self._o2m_keys.get(mapper)
         if o2m is None:
             info = infos.get(mapper)

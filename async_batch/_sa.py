@@ -746,6 +746,32 @@ def all_pending_states(state: InstanceState[Any], key: str) -> list[InstanceStat
     return [st for st, _obj in found if st is not None]
 
 
+def orphaning_targets(states: Mapping[InstanceState[Any], tuple[bool, bool]]) -> list[Any]:
+    """The mappers of the objects the unit of work may delete as orphans in this flush: the
+    targets of delete-orphan relationships that changed on a saved object (replaced or
+    removed values, loaded or not: the presort loads the previous value of a one-to-one),
+    or of a deleted one."""
+    out: list[Any] = []
+    # keyed by id: a ClassManager's __hash__ is a Python-level method
+    rels_of: dict[int, list[Any]] = {}
+    for st, (isdelete, _listonly) in states.items():
+        manager = st.manager
+        rels = rels_of.get(id(manager))
+        if rels is None:
+            rels = rels_of[id(manager)] = [
+                r for r in manager.mapper.relationships if r.cascade.delete_orphan
+            ]
+        if not rels:
+            continue
+        pending = st.__dict__.get("_pending_mutations") or ()
+        for r in rels:
+            if r.mapper not in out and (
+                isdelete or r.key in st.committed_state or r.key in pending
+            ):
+                out.append(r.mapper)
+    return out
+
+
 def insert_order(state: InstanceState[Any]) -> int:
     return int(state.insert_order or 0)
 

@@ -350,6 +350,25 @@ class Chair(Base):
     desks: Mapped[list[Desk]] = relationship(secondary=desk_chairs, back_populates="chair")
 
 
+class Holder(Base):
+    __tablename__ = "sl_holder"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case: Mapped[Case | None] = relationship(uselist=False, cascade="all, delete-orphan")
+
+
+class Case(Base):
+    __tablename__ = "sl_case"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder_id: Mapped[int | None] = mapped_column(ForeignKey("sl_holder.id"))
+    items: Mapped[list[Item]] = relationship(passive_deletes=True)
+
+
+class Item(Base):
+    __tablename__ = "sl_item"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("sl_case.id", ondelete="SET NULL"))
+
+
 for _ddl in (
     "CREATE UNIQUE INDEX sl_slot_live ON sl_slot (v) WHERE NOT gone",
     "CREATE UNIQUE INDEX sl_login_lower ON sl_login (lower(v))",
@@ -370,6 +389,7 @@ async def setup(session: Any) -> None:
     session.add_all([Topic(name="python"), Topic(name="sql")])
     session.add_all([Club(name="c1"), Club(name="c2")])
     session.add(Desk(name="d0", lamps=[Lamp(name="l0")], chair=Chair(name="ch0")))
+    session.add(Holder(case=Case()))
 
 
 async def unique_table_update(run: Run) -> None:
@@ -439,6 +459,25 @@ async def transient_parents_readded(run: Run) -> None:
     await run.session.flush()
     run.snapshot("second flush")
     await run.session.commit()
+
+
+def orphaned_parent(replace: bool) -> Callable[[Run], Any]:
+    async def workload(run: Run) -> None:
+        s = run.session
+        case = (await s.scalars(select(Case).options(selectinload(Case.items)))).one()
+        holder = (await s.scalars(select(Holder))).one()  # holder.case is not loaded
+        items = [Item() for _ in range(40)]
+        case.items.extend(items)
+        # the unit of work's presort loads the previous value, finds the case orphaned and
+        # deletes it (the database sets the new items' key to NULL)
+        holder.case = Case() if replace else None
+        run.track(case, holder, *items)
+        await s.flush()
+        run.snapshot("flush")
+        await s.commit()
+        run.snapshot("commit")
+
+    return workload
 
 
 async def rekeyed_by_a_rollback(run: Run) -> None:
@@ -814,6 +853,8 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "re-added after a failed flush's rollback expired them": readded_after_failed_flush,
     "one-to-one value replaced before it was loaded": badge_for_unloaded_member,
     "key changed, then made transient by a rollback": rekeyed_by_a_rollback,
+    "parent with new children orphaned by a replaced one-to-one": orphaned_parent(True),
+    "parent with new children orphaned by a cleared one-to-one": orphaned_parent(False),
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -827,6 +868,8 @@ STAYS_NATIVE = {
     "validated key from an updated parent": ("copies a key with set listeners", False),
     "transient parents re-added": ("primary key changed since the object was persistent", False),
     "key changed, then made transient by a rollback": ("synchronizes it again", True),
+    "parent with new children orphaned by a replaced one-to-one": ("as an orphan", True),
+    "parent with new children orphaned by a cleared one-to-one": ("as an orphan", False),
     "reparent under new nodes": ("moves a persistent object", False),
     "many-to-many link removed, moved to a new object": ("from which this flush deletes", False),
     "many-to-many links of a deleted object, one moved to a new object": (
