@@ -510,6 +510,11 @@ class FlushRun:
         if _self_referencing_bases(infos):
             # the unit of work saves these objects one by one, in the steps of its sort: ours
             # are written, and their ids drawn, in that order
+            if not _sa.DRY_RUN_AVAILABLE:  # a SQLAlchemy whose planning we do not know
+                report.native = len(states)
+                why = "the unit of work's per-object order is unknown for this SQLAlchemy"
+                self._fallback("flush", why, len(states))
+                return
             try:
                 self._save_steps = _sa.save_steps(session, self.ctx)
             except sa_exc.CircularDependencyError:

@@ -292,7 +292,13 @@ class _DryRun(unitofwork.UOWTransaction):
         )
 
 
-_SAVE_STATE = getattr(unitofwork, "_SaveUpdateState", None) or unitofwork.SaveUpdateState  # type: ignore[attr-defined]
+# the per-object save action (renamed in 2.1); the dry run needs it and the planning method
+_SAVE_STATE = getattr(unitofwork, "_SaveUpdateState", None) or getattr(
+    unitofwork, "SaveUpdateState", None
+)
+DRY_RUN_AVAILABLE = _SAVE_STATE is not None and callable(
+    getattr(unitofwork.UOWTransaction, "_generate_actions", None)
+)
 
 
 def save_steps(session: Session, flush_context: Any) -> dict[InstanceState[Any], int]:

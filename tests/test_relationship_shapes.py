@@ -932,3 +932,30 @@ def test_step_levels_are_sqlalchemy_subsets(n: int, raw: list[tuple[int, int]]) 
         assert ours is None
         return
     assert ours == {item: i for i, subset in enumerate(subsets) for item in subset}
+
+
+def test_dry_run_known_on_this_sqlalchemy(shapes_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both supported series have the unit of work's planning the dry run needs; without it
+    (another release) a flush with a self-referencing mapper stays native, with its reason."""
+    assert _sa.DRY_RUN_AVAILABLE
+    monkeypatch.setattr(_sa, "DRY_RUN_AVAILABLE", False)
+
+    async def main() -> Any:
+        engine = create_async_engine(sqlalchemy_url(shapes_dsn))
+        maker = async_sessionmaker(engine)
+        enable_async_batching(maker, small_flush=0)
+        try:
+            async with maker() as session:
+                root = Reply(text="r", replies=[Reply(text=f"c{i}") for i in range(5)])
+                session.add(root)
+                await session.flush()
+                report = last_flush(session)
+                await session.rollback()
+                return report
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(main())
+    assert report is not None
+    assert report.accelerated == 0, report.summary()
+    assert any("per-object order is unknown" in f.reason for f in report.fallbacks)
