@@ -576,14 +576,18 @@ def workload(build: Callable[[Folder | None], Built]) -> Any:
             Folder, 1, options=[selectinload(Folder.files), selectinload(Folder.tags)]
         )
         created, top = build(existing)
-        run.track(*created)
-        s.add_all(top)
-        await s.flush()
-        run.snapshot("flush")
-        await s.commit()
-        run.snapshot("commit")
+        await _flush_and_commit(run, created, top)
 
     return run_it
+
+
+async def _flush_and_commit(run: Run, created: list[Any], top: list[Any]) -> None:
+    run.track(*created)
+    run.session.add_all(top)
+    await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+    run.snapshot("commit")
 
 
 async def setup(session: Any) -> None:
@@ -862,12 +866,7 @@ def _tree_case(how: str) -> Callable[[Run], Any]:
             a, b = Reply(text="a"), Reply(text="b")
             a.parent, b.parent = b, a
             made = [a, b, *(Reply(text=f"n{i}") for i in range(40))]
-        run.track(*made)
-        s.add_all(made)
-        await s.flush()
-        run.snapshot("flush")
-        await s.commit()
-        run.snapshot("commit")
+        await _flush_and_commit(run, made, made)
 
     return run_it
 
