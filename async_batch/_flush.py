@@ -808,6 +808,16 @@ class FlushRun:
                             f"{rel.prop} copies a key with set listeners or validators from "
                             "a new object (natively once its row is written)",
                         )
+            # a key two objects claim (a one-to-one's stale back reference, a child in two
+            # collections): natively the last dependency processor to copy it wins
+            for child, rel in _conflicting_claims(by_mapper, infos, links, self._parents):
+                if child in candidate:
+                    bad.add(child)
+                    reasons.setdefault(
+                        child.manager.mapper,
+                        f"its key is copied from more than one object (along {rel.prop}): "
+                        "natively the unit of work's last copy wins",
+                    )
             # keys copied from new objects: known before the INSERT, or not written by us
             self._check_sources(by_mapper, infos, candidate, bad, reasons, dialect)
             # updates the unit of work makes before these INSERTs, where the order matters
@@ -3009,6 +3019,52 @@ def _sync_targets(infos: dict[Any, MapperInfo]) -> set[Any]:
 _mapper_of = operator.attrgetter("manager.mapper")
 _expired_of = operator.attrgetter("expired_attributes")
 _key_of = operator.attrgetter("key")
+
+
+def _conflicting_claims(
+    by_mapper: Mapping[Any, list[InstanceState[Any]]],
+    infos: dict[Any, MapperInfo],
+    links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]],
+    parents: list[tuple[Any, InstanceState[Any], InstanceState[Any]]],
+) -> list[tuple[InstanceState[Any], Any]]:
+    """New objects whose foreign key two links would set from different objects: held by a
+    one-to-one or a one-to-many without a back reference (where nothing keeps the two sides
+    in step) of one object while another holds it too, or while its own many-to-one points
+    elsewhere. With a back reference on a collection, the two sides always agree."""
+    loose = {
+        id(r)
+        for info in infos.values()
+        for r in info.relationships
+        if r.direction is ONETOMANY and (not r.prop.uselist or not _sa.reverse_properties(r.prop))
+    }
+    if not loose:
+        return []
+    claims: dict[tuple[InstanceState[Any], frozenset[Any]], InstanceState[Any] | None] = {}
+    out: list[tuple[InstanceState[Any], Any]] = []
+    held: dict[InstanceState[Any], None] = {}
+
+    def claim(child: InstanceState[Any], rel: Any, source: InstanceState[Any] | None) -> None:
+        key = (child, frozenset(r for _l, r in rel.pairs))
+        if claims.setdefault(key, source) is not source:
+            out.append((child, rel))
+
+    for m, sts in by_mapper.items():
+        if not any(id(r) in loose for r in infos[m].relationships):
+            continue
+        for st in sts:
+            for rel, other in links.get(st, ()):
+                if other is not None and id(rel) in loose:
+                    claim(other, rel, st)
+                    held[other] = None
+    for rel, parent, child in parents:
+        if id(rel) in loose:
+            claim(child, rel, parent)
+            held[child] = None
+    for child in held:
+        for rel, other in links.get(child, ()):
+            if rel.direction is MANYTOONE:
+                claim(child, rel, other)
+    return out
 
 
 def _all_new_and_registered(
