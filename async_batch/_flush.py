@@ -933,8 +933,8 @@ class FlushRun:
         for m, sts in fast_groups.items():
             if m.base_mapper in self_ref and len(sts) > 1:
                 # rows (and their Python defaults, and any value the server computes per row)
-                # in the unit of work's order: level by level, parents first
-                self._levels(m.base_mapper, infos, dialect)
+                # in the unit of work's order: step by step of its sort, parents first
+                self._levels(m.base_mapper)
                 sts.sort(key=self._row_order)
         self._table_pos = {t: i for i, t in enumerate(fast_tables)}
         self._planned = fast_groups
@@ -1144,11 +1144,9 @@ class FlushRun:
 
     # -- ids -----------------------------------------------------------------------------------
 
-    def _levels(
-        self, base: Any, infos: dict[Any, MapperInfo], dialect: Any
-    ) -> dict[InstanceState[Any], int]:
-        """Level of every object of a self-referencing hierarchy this flush saves (new and
-        updated alike: both are levels of the unit of work's sort), computed once."""
+    def _levels(self, base: Any) -> dict[InstanceState[Any], int]:
+        """The step of the unit of work's sort (``_save_steps``) of every object of a
+        self-referencing hierarchy this flush saves, new and updated alike."""
         found = self._depths.get(base)
         if found is None:
             found = self._depths[base] = {
@@ -1269,15 +1267,15 @@ class FlushRun:
         for src, chunks in sources_in_order:
             depth: dict[InstanceState[Any], int] = {}
             for base in {sts[0].manager.mapper.base_mapper for _k, sts in chunks} & self_ref:
-                # the unit of work inserts a self-referencing hierarchy level by level (parents
-                # first), numbering rows in that order: hand out ids the same way (the
-                # relationship may be declared on a subclass only)
-                depth.update(self._levels(base, infos, conn.dialect))
+                # the unit of work inserts a self-referencing hierarchy step by step of its
+                # sort (parents first), numbering rows in that order: hand out ids the same
+                # way (the relationship may be declared on a subclass only)
+                depth.update(self._levels(base))
             if depth or len(chunks) > 1:
                 # fast and native objects, or several mappers, may share a sequence: number
                 # them all in the unit of work's order -- mapper by mapper as it sorts them,
                 # a hierarchy table by table as its save writes them (concrete inheritance),
-                # then in insert order (by level first, for a self-referencing mapper)
+                # then in insert order (by step first, for a self-referencing mapper)
                 rank = _mapper_ranks(
                     {st.manager.mapper.base_mapper for _k, sts in chunks for st in sts}, infos
                 )
