@@ -507,22 +507,6 @@ class FlushRun:
         infos: dict[Any, MapperInfo] = {}
         for m in by_mapper:
             infos[m] = mapper_info(m, dialect)
-        if _self_referencing_bases(infos):
-            # the unit of work saves these objects one by one, in the steps of its sort: ours
-            # are written, and their ids drawn, in that order
-            if not _sa.DRY_RUN_AVAILABLE:  # a SQLAlchemy whose planning we do not know
-                report.native = len(states)
-                why = "the unit of work's per-object order is unknown for this SQLAlchemy"
-                self._fallback("flush", why, len(states))
-                return
-            try:
-                self._save_steps = _sa.save_steps(session, self.ctx)
-            except sa_exc.CircularDependencyError:
-                # natively refused before any statement: so here
-                report.native = len(states)
-                why = "objects depend on each other in a cycle (the unit of work refuses it)"
-                self._fallback("flush", why, len(states))
-                return
         metas: dict[Table, TableMeta] = {}
 
         def meta_for(table: Table, info: MapperInfo) -> TableMeta:
@@ -544,6 +528,23 @@ class FlushRun:
                     f"INSERT round trip(s), the batched path {ours}",
                     len(states),
                 )
+                return
+
+        if _self_referencing_bases(infos):
+            # the unit of work saves these objects one by one, in the steps of its sort: ours
+            # are written, and their ids drawn, in that order
+            if not _sa.DRY_RUN_AVAILABLE:  # a SQLAlchemy whose planning we do not know
+                report.native = len(states)
+                why = "the unit of work's per-object order is unknown for this SQLAlchemy"
+                self._fallback("flush", why, len(states))
+                return
+            try:
+                self._save_steps = _sa.save_steps(session, self.ctx)
+            except sa_exc.CircularDependencyError:
+                # natively refused before any statement: so here
+                report.native = len(states)
+                why = "objects depend on each other in a cycle (the unit of work refuses it)"
+                self._fallback("flush", why, len(states))
                 return
 
         # 1. candidates
