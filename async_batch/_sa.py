@@ -743,9 +743,10 @@ def collection_history(state: InstanceState[Any], key: str, memo: HistoryMemo | 
 
 
 def all_pending_states(state: InstanceState[Any], key: str) -> list[InstanceState[Any]]:
-    """The objects the unit of work's per-object sort links a saved object to along a
-    relationship (``DependencyProcessor.per_state_flush_actions``: ``get_all_pending``
-    without loading): every loaded value, changed or not, and the ones it replaced."""
+    """The objects a relationship of a saved object holds as the unit of work's dependency
+    processors read them without loading (``get_all_pending``): every loaded value, changed
+    or not, and the ones it replaced -- what it synchronizes again from an object whose key
+    changed."""
     found = state.manager[key].impl.get_all_pending(
         state, state.dict, PassiveFlag.PASSIVE_NO_INITIALIZE
     )
