@@ -51,8 +51,9 @@ class FlushReport:
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds spent per step inside the flush (plan, prefetch, rows, write, native, adopt)."""
     error: str | None = None
-    """Why the flush failed (the exception's type and first line), or None. What it wrote is
-    rolled back with the transaction: the counts above say what it was doing."""
+    """Why the flush failed -- the exception's type and first line, and for a statement's
+    failure the statement in short (which names the table) -- or None. What it wrote is rolled
+    back with the transaction: the counts above say what it was doing."""
 
     @property
     def statements(self) -> int:
