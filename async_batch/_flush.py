@@ -281,7 +281,7 @@ class FlushRun:
         """The unit of work's table whose statement failed after all of ours were written."""
         self._codec_oids: dict[int, bool] = {}
         """type OID -> whether a codec set on the connection makes it text-only"""
-        self._orphaning: list[Any] | None = None
+        self._orphaning: tuple[set[InstanceState[Any]], list[Any]] | None = None
         """Mappers whose objects this flush may delete as orphans (``orphaning_targets``)."""
         self._o2m_keys: dict[Any, frozenset[str]] = {}
         """Per mapper whose objects may be idle parents: its one-to-many relationships."""
@@ -1104,12 +1104,14 @@ class FlushRun:
 
     def _orphaned(self, pst: InstanceState[Any]) -> bool:
         """Whether the unit of work's presort may find this persistent object orphaned and
-        delete it: its class is the target of a delete-orphan relationship that changed in
-        this flush (the previous value of a one-to-one maybe not loaded yet)."""
+        delete it (``_sa.orphaning_targets``)."""
         if self._orphaning is None:
-            self._orphaning = _sa.orphaning_targets(self.ctx.states)
+            self._orphaning = _sa.orphaning_targets(self.ctx.states, self._histories)
+        objects, classes = self._orphaning
+        if pst in objects:
+            return True
         mapper = pst.manager.mapper
-        return bool(self._orphaning) and any(mapper.isa(t) for t in self._orphaning)
+        return bool(classes) and any(mapper.isa(t) for t in classes)
 
     def _is_idle(
         self,

@@ -753,12 +753,17 @@ def all_pending_states(state: InstanceState[Any], key: str) -> list[InstanceStat
     return [st for st, _obj in found if st is not None]
 
 
-def orphaning_targets(states: Mapping[InstanceState[Any], tuple[bool, bool]]) -> list[Any]:
-    """The mappers of the objects the unit of work may delete as orphans in this flush: the
-    targets of delete-orphan relationships that changed on a saved object (replaced or
-    removed values, loaded or not: the presort loads the previous value of a one-to-one),
-    or of a deleted one."""
-    out: list[Any] = []
+def orphaning_targets(
+    states: Mapping[InstanceState[Any], tuple[bool, bool]], memo: HistoryMemo
+) -> tuple[set[InstanceState[Any]], list[Any]]:
+    """What the unit of work's presort may delete as orphans in this flush: the objects a
+    persistent object's delete-orphan relationship no longer holds (removed from a
+    collection, replaced), the loaded members of a deleted object's; and the classes of
+    those it cannot name without loading (a one-to-one replaced before it was loaded, a
+    deleted object's unloaded collection) -- with every class a delete cascade reaches from
+    any of them (their own children go too)."""
+    objects: set[InstanceState[Any]] = set()
+    classes: list[Any] = []
     # keyed by id: a ClassManager's __hash__ is a Python-level method
     rels_of: dict[int, list[Any]] = {}
     for st, (isdelete, _listonly) in states.items():
@@ -768,15 +773,52 @@ def orphaning_targets(states: Mapping[InstanceState[Any], tuple[bool, bool]]) ->
             rels = rels_of[id(manager)] = [
                 r for r in manager.mapper.relationships if r.cascade.delete_orphan
             ]
-        if not rels:
+        if not rels or st.key is None:  # a new object had no previous value
             continue
+        committed = st.committed_state
         pending = st.__dict__.get("_pending_mutations") or ()
+        d = st.dict
         for r in rels:
-            if r.mapper not in out and (
-                isdelete or r.key in st.committed_state or r.key in pending
-            ):
-                out.append(r.mapper)
-    return out
+            key = r.key
+            if isdelete:
+                if key in d:
+                    objects.update(all_pending_states(st, key))
+                elif r.mapper not in classes:
+                    classes.append(r.mapper)
+                continue
+            if key not in committed and key not in pending:
+                continue
+            if not r.uselist:
+                before = committed.get(key)
+                if before is orm_base.PASSIVE_NO_RESULT:
+                    if r.mapper not in classes:
+                        classes.append(r.mapper)
+                elif (
+                    before is not None
+                    and before is not orm_base.NO_VALUE
+                    and before is not d.get(key)
+                ):
+                    objects.add(orm_base.instance_state(before))
+                continue
+            objects.update(
+                orm_base.instance_state(obj)
+                for obj in collection_history(st, key, memo).deleted
+                if obj is not None
+            )
+    if objects or classes:
+        todo = [*classes, *{o.manager.mapper for o in objects}]
+        seen: set[Any] = set()
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            for r in m.relationships:
+                if r.cascade.delete:
+                    if r.mapper not in classes:
+                        classes.append(r.mapper)
+                    todo.append(r.mapper)
+    return objects, classes
 
 
 def insert_order(state: InstanceState[Any]) -> int:

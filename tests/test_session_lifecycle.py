@@ -369,6 +369,25 @@ class Item(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("sl_case.id", ondelete="SET NULL"))
 
 
+class Rack(Base):
+    __tablename__ = "sl_rack"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crates: Mapped[list[Crate]] = relationship(cascade="all, delete-orphan")
+
+
+class Crate(Base):
+    __tablename__ = "sl_crate"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rack_id: Mapped[int | None] = mapped_column(ForeignKey("sl_rack.id"))
+    bottles: Mapped[list[Bottle]] = relationship(cascade="all, delete-orphan")
+
+
+class Bottle(Base):
+    __tablename__ = "sl_bottle"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crate_id: Mapped[int | None] = mapped_column(ForeignKey("sl_crate.id"))
+
+
 for _ddl in (
     "CREATE UNIQUE INDEX sl_slot_live ON sl_slot (v) WHERE NOT gone",
     "CREATE UNIQUE INDEX sl_login_lower ON sl_login (lower(v))",
@@ -390,6 +409,7 @@ async def setup(session: Any) -> None:
     session.add_all([Club(name="c1"), Club(name="c2")])
     session.add(Desk(name="d0", lamps=[Lamp(name="l0")], chair=Chair(name="ch0")))
     session.add(Holder(case=Case()))
+    session.add(Crate(bottles=[Bottle()]))
 
 
 async def unique_table_update(run: Run) -> None:
@@ -478,6 +498,21 @@ def orphaned_parent(replace: bool) -> Callable[[Run], Any]:
         run.snapshot("commit")
 
     return workload
+
+
+async def crates_filled(run: Run) -> None:
+    """Delete-orphan collections that only gain members orphan nothing: the persistent crate
+    (the target class of the new rack's delete-orphan collection) stays an idle parent, its
+    new bottles and the new rack's crate are all written by async_batch."""
+    s = run.session
+    crate = (await s.scalars(select(Crate).options(selectinload(Crate.bottles)))).one()
+    bottles = [Bottle() for _ in range(40)]
+    crate.bottles.extend(bottles)
+    rack = Rack(crates=[Crate(bottles=[Bottle()])])
+    run.track(crate, *bottles, rack, *rack.crates)
+    s.add(rack)
+    await s.commit()
+    run.snapshot("commit")
 
 
 async def rekeyed_by_a_rollback(run: Run) -> None:
@@ -855,6 +890,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "key changed, then made transient by a rollback": rekeyed_by_a_rollback,
     "parent with new children orphaned by a replaced one-to-one": orphaned_parent(True),
     "parent with new children orphaned by a cleared one-to-one": orphaned_parent(False),
+    "delete-orphan collections that only gain members": crates_filled,
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
