@@ -530,7 +530,8 @@ class FlushRun:
                 )
                 return
 
-        if _self_referencing_bases(infos):
+        self_ref_bases = _self_referencing_bases(infos)
+        if self_ref_bases and _steps_matter(self.ctx.states, self_ref_bases, infos, dicts):
             # the unit of work saves these objects one by one, in the steps of its sort: ours
             # are written, and their ids drawn, in that order
             if not _sa.DRY_RUN_AVAILABLE:  # a SQLAlchemy whose planning we do not know
@@ -2760,6 +2761,8 @@ def _sort_tables(tables: Iterable[Table]) -> tuple[list[Table], list[Any]]:
             for fk in t.foreign_key_constraints
             if fk not in cut and fk.referred_table in members and fk.referred_table is not t
         ]
+        # ... and the dependencies declared on the tables (``add_is_dependent_on``)
+        edges += [(dep, t) for t in order for dep in _sa.declared_dependencies(t) if dep in members]
         try:
             order = list(topological.sort(edges, order))
         except sa_exc.CircularDependencyError:
@@ -3020,6 +3023,34 @@ def _sync_targets(infos: dict[Any, MapperInfo]) -> set[Any]:
 _mapper_of = operator.attrgetter("manager.mapper")
 _expired_of = operator.attrgetter("expired_attributes")
 _key_of = operator.attrgetter("key")
+
+
+def _steps_matter(
+    registered: Mapping[InstanceState[Any], tuple[bool, bool]],
+    bases: set[Any],
+    infos: dict[Any, MapperInfo],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+) -> bool:
+    """Whether the steps of the unit of work's sort can order anything: it saves two objects
+    of a self-referencing hierarchy or more, or one that refers to itself (a cycle)."""
+    saved = [
+        st
+        for st, (isdelete, listonly) in registered.items()
+        if not isdelete and not listonly and st.manager.mapper.base_mapper in bases
+    ]
+    if len(saved) != 1:
+        return len(saved) > 1
+    st = saved[0]
+    info = infos.get(st.manager.mapper)
+    d = dicts.get(st) or st.dict
+    for rel in info.relationships if info is not None else ():
+        value = d.get(rel.key)
+        if value is None:
+            continue
+        members = [value] if not rel.prop.uselist else list(_sa.collection_members(value))
+        if any(instance_state(v) is st for v in members if v is not None):
+            return True
+    return False
 
 
 def _conflicting_claims(

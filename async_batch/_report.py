@@ -103,7 +103,10 @@ def mark_failed(session: Session, before: FlushReport | None, err: BaseException
     # a StatementError's own text ends with its statement and parameters: the first line,
     # and the statement (which names the table) in short
     text = getattr(err, "orig", None) if isinstance(err, StatementError) else None
-    lines = str(err if text is None else text).strip().splitlines()
+    try:
+        lines = str(err if text is None else text).strip().splitlines()
+    except Exception:  # an exception whose text cannot be made: its type says enough
+        lines = []
     error = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
     statement = getattr(err, "statement", None)
     if isinstance(statement, str) and statement:

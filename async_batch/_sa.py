@@ -368,6 +368,13 @@ def _subset_levels(edges: Iterable[tuple[Any, Any]], items: Iterable[Any]) -> di
     return level
 
 
+def declared_dependencies(table: Table) -> Iterable[Table]:
+    """Tables ``table`` was declared to depend on (``Table.add_is_dependent_on``), which
+    SQLAlchemy's table sort honours beside foreign keys."""
+    deps: Iterable[Table] = getattr(table, "_extra_dependencies", ())
+    return deps
+
+
 def mapper_sort_key(mapper: Mapper[Any]) -> str:
     """The key the unit of work sorts its per-mapper actions by before its topological sort."""
     return str(mapper._sort_key)  # noqa: SLF001

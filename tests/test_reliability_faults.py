@@ -350,6 +350,24 @@ async def test_report_of_a_failed_flush(engine: AsyncEngine) -> None:
         assert failed.error == "RuntimeError: refused", failed.summary()
         assert "failed: RuntimeError: refused" in failed.summary()
         await session.rollback()
+        event.remove(session.sync_session, "after_flush", refuse)
+
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise ValueError("no text")
+
+        def refuse_unprintably(*_args: Any) -> None:
+            raise Unprintable
+
+        # an exception whose text cannot be made is still the one raised, named by its type
+        event.listen(session.sync_session, "after_flush", refuse_unprintably)
+        session.add_all(items(5, prefix="e"))
+        with pytest.raises(Unprintable):
+            await session.flush()
+        report = last_flush(session)
+        assert report is not None
+        assert report.error == "Unprintable"
+        await session.rollback()
 
 
 async def test_violation_in_a_later_table_undoes_the_earlier_tables(
