@@ -685,6 +685,13 @@ class FlushRun:
                         elif rel.direction is ONETOMANY:
                             bad.add(st)
                             reasons.setdefault(m, f"{rel.prop} moves a persistent object")
+                        elif rel.direction is MANYTOMANY and not _sa.in_session(session, other):
+                            # deleted (or detached): natively no association row, and a
+                            # warning unless it was deleted
+                            bad.add(st)
+                            reasons.setdefault(
+                                m, f"{rel.prop} links to an object that is not in the session"
+                            )
                         elif (
                             rel.direction is MANYTOMANY
                             and other in registered

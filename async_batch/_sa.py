@@ -384,6 +384,12 @@ def has_p2p_listeners(session: Session) -> bool:
     return bool(session.dispatch.pending_to_persistent)
 
 
+def in_session(session: Session, state: InstanceState[Any]) -> bool:
+    """Whether the session holds the object (pending, or in its identity map): what the unit
+    of work's processors check before writing an association row for it."""
+    return bool(session._contains_state(state))  # noqa: SLF001
+
+
 def has_pending(session: Session) -> bool:
     """Whether the session has new (pending) objects, without building ``Session.new``."""
     return bool(session._new)  # noqa: SLF001

@@ -500,6 +500,26 @@ def orphaned_parent(replace: bool) -> Callable[[Run], Any]:
     return workload
 
 
+async def linked_to_a_deleted_object(run: Run) -> None:
+    s = run.session
+    topic = (await s.scalars(select(Topic).where(Topic.name == "sql"))).one()
+    await s.delete(topic)
+    await s.flush()  # deleted: out of the session until the commit
+    articles = [Article(title=f"a{i}") for i in range(40)]
+    s.add_all(articles)
+    lone = Article(title="lone")
+    lone.topics.append(topic)
+    try:
+        s.add(lone)  # pending, then the cascade to the deleted topic refuses
+    except InvalidRequestError:
+        run.events.append(("add refused",))
+    run.track(topic, lone, *articles)
+    await s.flush()  # natively no association row for the deleted topic
+    run.snapshot("flush")
+    await s.commit()
+    run.snapshot("commit")
+
+
 async def crates_filled(run: Run) -> None:
     """Delete-orphan collections that only gain members orphan nothing: the persistent crate
     (the target class of the new rack's delete-orphan collection) stays an idle parent, its
@@ -891,6 +911,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "parent with new children orphaned by a replaced one-to-one": orphaned_parent(True),
     "parent with new children orphaned by a cleared one-to-one": orphaned_parent(False),
     "delete-orphan collections that only gain members": crates_filled,
+    "many-to-many link to an object deleted earlier": linked_to_a_deleted_object,
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -906,6 +927,7 @@ STAYS_NATIVE = {
     "key changed, then made transient by a rollback": ("synchronizes it again", True),
     "parent with new children orphaned by a replaced one-to-one": ("as an orphan", True),
     "parent with new children orphaned by a cleared one-to-one": ("as an orphan", False),
+    "many-to-many link to an object deleted earlier": ("not in the session", True),
     "reparent under new nodes": ("moves a persistent object", False),
     "many-to-many link removed, moved to a new object": ("from which this flush deletes", False),
     "many-to-many links of a deleted object, one moved to a new object": (
