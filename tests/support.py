@@ -323,3 +323,13 @@ def assert_fast_reports(
             continue
         assert bool(report.accelerated) == partly, (label, report.summary())
         assert any(native_reason in f.reason for f in report.fallbacks), (label, report.summary())
+
+
+async def flush_and_commit(run: Run, created: Sequence[Any], top: Sequence[Any]) -> None:
+    """Track ``created``, add ``top``, flush and commit, with a snapshot after each."""
+    run.track(*created)
+    run.session.add_all(top)
+    await run.session.flush()
+    run.snapshot("flush")
+    await run.session.commit()
+    run.snapshot("commit")

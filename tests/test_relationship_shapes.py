@@ -48,7 +48,7 @@ from sqlalchemy.orm import (
     validates,
 )
 from sqlalchemy.util import topological
-from support import Run, assert_fast_reports, compare_modes, create_schema
+from support import Run, assert_fast_reports, compare_modes, create_schema, flush_and_commit
 from test_property import MODES
 
 from async_batch import _sa, enable_async_batching, last_flush
@@ -604,18 +604,9 @@ def workload(build: Callable[[Folder | None], Built]) -> Any:
             Folder, 1, options=[selectinload(Folder.files), selectinload(Folder.tags)]
         )
         created, top = build(existing)
-        await _flush_and_commit(run, created, top)
+        await flush_and_commit(run, created, top)
 
     return run_it
-
-
-async def _flush_and_commit(run: Run, created: list[Any], top: list[Any]) -> None:
-    run.track(*created)
-    run.session.add_all(top)
-    await run.session.flush()
-    run.snapshot("flush")
-    await run.session.commit()
-    run.snapshot("commit")
 
 
 async def setup(session: Any) -> None:
@@ -894,7 +885,7 @@ def _tree_case(how: str) -> Callable[[Run], Any]:
             a, b = Reply(text="a"), Reply(text="b")
             a.parent, b.parent = b, a
             made = [a, b, *(Reply(text=f"n{i}") for i in range(40))]
-        await _flush_and_commit(run, made, made)
+        await flush_and_commit(run, made, made)
 
     return run_it
 

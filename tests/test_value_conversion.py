@@ -67,7 +67,7 @@ from sqlalchemy.dialects.postgresql import BIT, CIDR, DOMAIN, INET, INTERVAL, JS
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from support import Run, assert_fast_reports, compare_modes, create_schema
+from support import Run, assert_fast_reports, compare_modes, create_schema, flush_and_commit
 from test_property import MODES
 
 from async_batch import enable_async_batching
@@ -487,12 +487,7 @@ async def _refused_switches(run: Run) -> None:
 def _commit(make: Callable[[], list[Any]]) -> Callable[[Run], Any]:
     async def workload(run: Run) -> None:
         objs = make()
-        run.track(*objs)
-        run.session.add_all(objs)
-        await run.session.flush()
-        run.snapshot("flush")
-        await run.session.commit()
-        run.snapshot("commit")
+        await flush_and_commit(run, objs, objs)
         for o in objs:
             await run.session.refresh(o)
         run.snapshot("refresh")
