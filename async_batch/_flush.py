@@ -531,7 +531,7 @@ class FlushRun:
                 return
 
         self_ref_bases = _self_referencing_bases(infos)
-        if self_ref_bases and _steps_matter(self.ctx.states, self_ref_bases, infos, dicts):
+        if self_ref_bases and _steps_matter(self.ctx.states, self_ref_bases, infos):
             # the unit of work saves these objects one by one, in the steps of its sort: ours
             # are written, and their ids drawn, in that order
             if not _sa.DRY_RUN_AVAILABLE:  # a SQLAlchemy whose planning we do not know
@@ -549,7 +549,7 @@ class FlushRun:
                 return
 
         # 1. candidates
-        self_ref = _self_referencing_bases(infos)
+        self_ref = self_ref_bases
         rekeyed: list[InstanceState[Any]] = []
         candidate: set[InstanceState[Any]] = set()
         reasons: dict[Any, str] = {}
@@ -3036,10 +3036,9 @@ def _steps_matter(
     registered: Mapping[InstanceState[Any], tuple[bool, bool]],
     bases: set[Any],
     infos: dict[Any, MapperInfo],
-    dicts: dict[InstanceState[Any], dict[str, Any]],
 ) -> bool:
     """Whether the steps of the unit of work's sort can order anything: it saves two objects
-    of a self-referencing hierarchy or more, or one that refers to itself (a cycle)."""
+    of a self-referencing hierarchy or more, or one its sort links to itself (a cycle)."""
     saved = [
         st
         for st, (isdelete, listonly) in registered.items()
@@ -3049,15 +3048,11 @@ def _steps_matter(
         return len(saved) > 1
     st = saved[0]
     info = infos.get(st.manager.mapper)
-    d = dicts.get(st) or st.dict
-    for rel in info.relationships if info is not None else ():
-        value = d.get(rel.key)
-        if value is None:
-            continue
-        members = [value] if not rel.prop.uselist else list(_sa.collection_members(value))
-        if any(instance_state(v) is st for v in members if v is not None):
-            return True
-    return False
+    return any(
+        other is st
+        for rel in (info.relationships if info is not None else ())
+        for other in _sa.all_pending_states(st, rel.key)
+    )
 
 
 def _conflicting_claims(

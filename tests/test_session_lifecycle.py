@@ -67,7 +67,7 @@ from sqlalchemy.orm import (
     selectinload,
     validates,
 )
-from support import Run, assert_fast_reports, compare_modes, create_schema
+from support import Run, assert_fast_reports, compare_modes, create_schema, flush_and_commit
 from test_property import MODES
 
 
@@ -491,11 +491,7 @@ def orphaned_parent(replace: bool) -> Callable[[Run], Any]:
         # the unit of work's presort loads the previous value, finds the case orphaned and
         # deletes it (the database sets the new items' key to NULL)
         holder.case = Case() if replace else None
-        run.track(case, holder, *items)
-        await s.flush()
-        run.snapshot("flush")
-        await s.commit()
-        run.snapshot("commit")
+        await flush_and_commit(run, [case, holder, *items], [])
 
     return workload
 
@@ -513,11 +509,8 @@ async def linked_to_a_deleted_object(run: Run) -> None:
         s.add(lone)  # pending, then the cascade to the deleted topic refuses
     except InvalidRequestError:
         run.events.append(("add refused",))
-    run.track(topic, lone, *articles)
-    await s.flush()  # natively no association row for the deleted topic
-    run.snapshot("flush")
-    await s.commit()
-    run.snapshot("commit")
+    # natively no association row for the deleted topic
+    await flush_and_commit(run, [topic, lone, *articles], [])
 
 
 async def crates_filled(run: Run) -> None:
@@ -667,11 +660,7 @@ async def merged_parent(run: Run) -> None:
     await s.commit()
     pets = [Pet(name=f"p{i}") for i in range(40)]
     merged = await s.merge(Owner(id=oid, name="merged", pets=pets))
-    run.track(merged, *merged.pets)
-    await s.flush()
-    run.snapshot("flush")
-    await s.commit()
-    run.snapshot("commit")
+    await flush_and_commit(run, [merged, *merged.pets], [])
 
 
 def freed(cls: type[Any], free: Callable[[Any], None], reuse: Callable[[int], Any]) -> Any:
