@@ -86,7 +86,8 @@ def _dsn_with_database(dsn: str, database: str) -> str:
 class PostgresServer:
     """A running PostgreSQL server and the way to reach it.
 
-    ``dsn`` points at its ``postgres`` database as a superuser. ``host`` is ``127.0.0.1`` for a
+    ``dsn`` points at its ``postgres`` database as a superuser (for ``ASYNC_BATCH_DSN``: the
+    DSN as given). ``host`` is ``127.0.0.1`` for a
     server started here, a Unix-socket directory for the embedded wheel, or whatever
     ``ASYNC_BATCH_DSN`` says.
     """
