@@ -1980,8 +1980,12 @@ class FlushRun:
                 chunks = []
         if chunks:
             entries = self._row_entries(chunks)
-        # a sequence-drawn column left to its default numbers rows in insert order: keep it
-        in_order = bool(meta.sequenced_columns)
+        # a sequence-drawn column left to its default numbers rows in insert order, and rows
+        # referencing rows of their own table come after them (parents' steps first): keep
+        # that order, one statement per run of equal key sets, as the unit of work sends them
+        in_order = bool(meta.sequenced_columns) or any(
+            fk.references(table) for fk in table.foreign_keys
+        )
         run = 0
         last_okey: tuple[str, ...] | None = None
         for st, ts in entries:
