@@ -1046,9 +1046,21 @@ class FlushRun:
                 return True
         return False
 
-    def _prefetchable(self, m: Any, info: MapperInfo, metas: Mapping[Table, TableMeta]) -> bool:
+    def _prefetchable(
+        self,
+        m: Any,
+        info: MapperInfo,
+        metas: Mapping[Table, TableMeta],
+        infos: dict[Any, MapperInfo],
+    ) -> bool:
         """Whether the unit of work may be given ids we draw for this mapper's objects."""
         if info.id_table is None or self.options.prefetch == "never":
+            return False
+        if m.base_mapper in _cyclic_bases(infos) - _self_referencing_bases(infos):
+            # the unit of work saves the objects of a cycle of mappers one by one, in the
+            # order of its per-object sort (not insert order): the database numbers them
+            # as natively only if it is left to (a self-referencing mapper's order is
+            # known from the dry run of that sort: _levels)
             return False
         meta = metas[info.id_table]
         if not meta.id_ok or meta.identity_always:
@@ -1088,7 +1100,7 @@ class FlushRun:
             if (
                 native
                 and _without(native, self._dicts, key)
-                and not self._prefetchable(m, info, metas)
+                and not self._prefetchable(m, info, metas, infos)
             ):
                 out[base] = (
                     f"shares its id sequence with new {m.class_.__name__} objects the native "
@@ -1232,7 +1244,8 @@ class FlushRun:
             blocked = {
                 m.base_mapper
                 for m in native_groups
-                if infos[m].id_propkey is not None and not self._prefetchable(m, infos[m], metas)
+                if infos[m].id_propkey is not None
+                and not self._prefetchable(m, infos[m], metas, infos)
             }
             for m, sts in native_groups.items():
                 info = infos[m]
