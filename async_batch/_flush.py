@@ -196,6 +196,38 @@ def _given_always(
     return None
 
 
+def _unfetched_key(
+    states: list[InstanceState[Any]],
+    dicts: dict[InstanceState[Any], dict[str, Any]],
+    info: MapperInfo,
+    metas: Mapping[Table, TableMeta],
+) -> str | None:
+    """Why these states must stay native, if their database-generated key is one that the
+    unit of work, without RETURNING (``implicit_returning=False``), gets differently than
+    by drawing it from the sequence: an identity column that is not the table's
+    autoincrement column (one of a composite key) is not fetched at all, the object keeps
+    no id; a GENERATED ALWAYS identity is fetched and sent, which PostgreSQL refuses."""
+    table, col, key = info.id_table, info.id_column, info.id_propkey
+    if table is None or col is None or key is None or table.implicit_returning:
+        return None
+    if _sequences.id_column_kind(table, col) != "identity":
+        return None  # a Sequence default, or SERIAL: fetched from the sequence first
+    if all(dicts[st].get(key) is not None for st in states):
+        return None
+    if col is not table.autoincrement_column:
+        return (
+            f"{table.name}.{col.name} is an identity column the native flush does not fetch "
+            "without RETURNING (implicit_returning=False, not the autoincrement column)"
+        )
+    if metas[table].identity_always:
+        return (
+            f"{table.name}.{col.name} is a GENERATED ALWAYS identity: without RETURNING "
+            "(implicit_returning=False) the native flush sends it a value, which PostgreSQL "
+            "refuses"
+        )
+    return None
+
+
 @dataclass
 class Options:
     strategy: str = "auto"
@@ -594,10 +626,13 @@ class FlushRun:
                 # and this must be known before any id is drawn from a sequence
                 reasons.setdefault(m, "an attribute is set to a SQL expression")
                 sts = [st for st in sts if st not in set(sql)]
-            given = _given_always(sts, dicts, info, metas)
+            given = _given_always(sts, dicts, info, metas) or _unfetched_key(
+                sts, dicts, info, metas
+            )
             if given:
                 # PostgreSQL refuses them in an INSERT without OVERRIDING SYSTEM VALUE, as
-                # the unit of work's (COPY and our prefetched ids take them)
+                # the unit of work's (COPY and our prefetched ids take them); or the unit of
+                # work, without RETURNING, fetches no key or sends one to an ALWAYS identity
                 reasons.setdefault(m, given)
                 self._no_prefetch.add(m)
                 continue

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, MetaData, String, event, func, literal, select, text
+from sqlalchemy import ForeignKey, Identity, MetaData, String, event, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 from support import assert_same, run_workload
@@ -146,6 +146,27 @@ class Spindle(Base):
     gears: Mapped[list[Gear]] = relationship(foreign_keys=[Cog.spindle_id])
 
 
+class Stamped(Base):
+    """A GENERATED ALWAYS identity without RETURNING: natively SQLAlchemy fetches the next
+    value first and sends it, which PostgreSQL refuses."""
+
+    __tablename__ = "stamped"
+    id: Mapped[int] = mapped_column(Identity(always=True), primary_key=True)
+    name: Mapped[str]
+    __table_args__ = {"implicit_returning": False}
+
+
+class Ledger(Base):
+    """An identity column in a composite key without RETURNING: natively it is not fetched
+    at all (not the table's autoincrement column), the object keeps no id."""
+
+    __tablename__ = "ledger"
+    tenant: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(Identity(), primary_key=True)
+    name: Mapped[str]
+    __table_args__ = {"implicit_returning": False}
+
+
 @pytest.fixture
 async def fb_engine(engine: AsyncEngine) -> AsyncEngine:
     async with engine.begin() as conn:
@@ -264,6 +285,48 @@ async def test_cycle_of_mappers_numbered_by_the_unit_of_work(
     report = batched.reports[0]
     assert report is not None
     assert report.accelerated == 3, report.summary()
+
+
+@pytest.mark.parametrize("kind", ["always", "composite"])
+async def test_identity_key_the_native_flush_does_not_fetch(
+    fb_engine: AsyncEngine, kind: str
+) -> None:
+    """Without RETURNING the unit of work fetches an identity key only where it is the
+    table's autoincrement column, and sends what it fetched: those objects stay native, so a
+    GENERATED ALWAYS identity fails and a composite key's identity stays unknown, as
+    natively."""
+
+    async def workload(run: Any) -> None:
+        objs: list[Any] = (
+            [Stamped(name=f"s{i}") for i in range(3)]
+            if kind == "always"
+            else [Ledger(tenant=7, name=f"l{i}") for i in range(3)]
+        )
+        objs += [Plain(name=f"p{i}") for i in range(3)]
+        run.track(*objs)
+        run.session.add_all(objs)
+        await run.session.flush()
+        run.snapshot("flush")
+
+    with warnings.catch_warnings():
+        # the composite key's identity is unknown: SQLAlchemy warns of a NULL in it
+        warnings.simplefilter("ignore")
+        native = await run_workload(fb_engine, workload, batching=None, metadata=Base.metadata)
+        for options in ({}, {"small_flush": 0}, {"small_flush": 0, "strategy": "executemany"}):
+            batched = await run_workload(
+                fb_engine, workload, batching=options, metadata=Base.metadata
+            )
+            assert_same(native, batched, str(options))
+    if kind == "always":
+        assert native.error == "ProgrammingError", native.error
+        report = batched.reports[-1] if batched.reports else None
+        assert report is not None
+    else:
+        assert native.error is None, native.error
+        report = batched.reports[0]
+        assert report is not None
+        assert report.accelerated == 3, report.summary()
+    assert any("RETURNING" in f.reason for f in report.fallbacks), report.summary()
 
 
 CONNECTION_MODES = {
