@@ -720,9 +720,10 @@ class FlushRun:
                         elif rel.direction is ONETOMANY:
                             bad.add(st)
                             reasons.setdefault(m, f"{rel.prop} moves a persistent object")
-                        elif rel.direction is MANYTOMANY and not _sa.in_session(session, other):
-                            # deleted (or detached): natively no association row, and a
-                            # warning unless it was deleted
+                        elif not _sa.in_session(session, other):
+                            # deleted or detached (expunged): natively the unit of work copies
+                            # no key from it and writes no association row for it, and warns
+                            # unless it was deleted
                             bad.add(st)
                             reasons.setdefault(
                                 m, f"{rel.prop} links to an object that is not in the session"

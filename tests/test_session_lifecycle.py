@@ -39,6 +39,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -513,6 +514,30 @@ async def linked_to_a_deleted_object(run: Run) -> None:
     await flush_and_commit(run, [topic, lone, *articles], [])
 
 
+def pets_of_an_expunged_owner(expired: bool) -> Callable[[Run], Any]:
+    """A new pet whose owner was expunged: natively the unit of work copies no key from an
+    object that is not in the session (it warns), async_batch must not either -- nor load
+    the owner's expired key (a detached object cannot refresh)."""
+
+    async def run_it(run: Run) -> None:
+        s = run.session
+        owner = Owner(name="gone")
+        s.add(owner)
+        if expired:
+            await s.commit()
+        else:
+            await s.flush()
+        pets = [Pet(name=f"p{i}") for i in range(40)]
+        s.add_all(pets)
+        pets[0].owner = owner
+        s.expunge(owner)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "not in session ... will not proceed"
+            await flush_and_commit(run, pets, [])
+
+    return run_it
+
+
 async def crates_filled(run: Run) -> None:
     """Delete-orphan collections that only gain members orphan nothing: the persistent crate
     (the target class of the new rack's delete-orphan collection) stays an idle parent, its
@@ -901,6 +926,8 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "parent with new children orphaned by a cleared one-to-one": orphaned_parent(False),
     "delete-orphan collections that only gain members": crates_filled,
     "many-to-many link to an object deleted earlier": linked_to_a_deleted_object,
+    "many-to-one to an expunged object": pets_of_an_expunged_owner(expired=False),
+    "many-to-one to an expunged, expired object": pets_of_an_expunged_owner(expired=True),
 }
 # case -> (a fallback reason it must show, whether other objects are still accelerated)
 STAYS_NATIVE = {
@@ -917,6 +944,8 @@ STAYS_NATIVE = {
     "parent with new children orphaned by a replaced one-to-one": ("as an orphan", True),
     "parent with new children orphaned by a cleared one-to-one": ("as an orphan", False),
     "many-to-many link to an object deleted earlier": ("not in the session", True),
+    "many-to-one to an expunged object": ("not in the session", True),
+    "many-to-one to an expunged, expired object": ("not in the session", True),
     "reparent under new nodes": ("moves a persistent object", False),
     "many-to-many link removed, moved to a new object": ("from which this flush deletes", False),
     "many-to-many links of a deleted object, one moved to a new object": (
