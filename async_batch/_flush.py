@@ -292,6 +292,9 @@ class FlushRun:
         self._undo_expired: list[tuple[InstanceState[Any], Any, int]] = []
         # mappers whose native objects get no prefetched ids (see _uncast_value)
         self._no_prefetch: set[Any] = set()
+        self._cycle_bases: tuple[int, set[Any]] | None = None
+        """Base mappers in a cycle of mappers, not self-referencing ones (``_prefetchable``),
+        for the number of mappers the flush knew then."""
         self._plain_attrs: dict[tuple[int, str], bool] = {}
         self._links: dict[InstanceState[Any], list[tuple[Any, InstanceState[Any] | None]]] = {}
         self._dicts: dict[InstanceState[Any], dict[str, Any]] = {}
@@ -350,6 +353,7 @@ class FlushRun:
         self._cyclic_idle = set()
         self._same_copies = []
         self._no_prefetch = set()
+        self._cycle_bases = None
         self._loads = None
         self._histories = _sa.HistoryMemo(self.ctx)
         self._orphaning = None
@@ -1092,7 +1096,10 @@ class FlushRun:
         """Whether the unit of work may be given ids we draw for this mapper's objects."""
         if info.id_table is None or self.options.prefetch == "never":
             return False
-        if m.base_mapper in _cyclic_bases(infos) - _self_referencing_bases(infos):
+        if self._cycle_bases is None or self._cycle_bases[0] != len(infos):
+            bases = _cyclic_bases(infos) - _self_referencing_bases(infos)
+            self._cycle_bases = (len(infos), bases)
+        if m.base_mapper in self._cycle_bases[1]:
             # the unit of work saves the objects of a cycle of mappers one by one, in the
             # order of its per-object sort (not insert order): the database numbers them
             # as natively only if it is left to (a self-referencing mapper's order is
