@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import ForeignKey, Identity, MetaData, String, event, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
-from support import assert_same, run_workload
+from support import assert_same, flush_and_commit, run_workload
 
 from async_batch import enable_async_batching, last_flush, reserve_ids
 from async_batch.testing import WireProxy
@@ -267,12 +267,7 @@ async def test_cycle_of_mappers_numbered_by_the_unit_of_work(
         spindle.gears.append(gear)  # added first, inserted after its spindle
         plains = [Plain(name=f"p{i}") for i in range(3)]
         objs = [gear, cog, spindle, *plains]
-        run.track(*objs)
-        run.session.add_all(objs)
-        await run.session.flush()
-        run.snapshot("flush")
-        await run.session.commit()
-        run.snapshot("commit")
+        await flush_and_commit(run, objs, objs)
 
     native = await run_workload(fb_engine, workload, batching=None, metadata=Base.metadata)
     batched = await run_workload(
