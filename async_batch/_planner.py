@@ -282,7 +282,10 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
         orm_defaults = []
         for propkey, col, value in _sa.orm_defaults(mapper, table):
             orm_defaults.append((propkey, col.name, value))
-        server_cols = _sa.server_default_cols(mapper, table)
+        # natively the INSERT of a hierarchy's table returns the server defaults of the
+        # table's own mapper (base_mapper._sorted_tables): a column a single-table subclass
+        # adds is not among them, and is expired after the flush instead
+        server_cols = _sa.server_default_cols(_sa.table_mapper(mapper, table), table)
         eager = (
             frozenset(c.name for c in server_cols if c in col_to_key and not c.primary_key)
             if _sa.prefer_eager_defaults(mapper, dialect, table)

@@ -916,6 +916,13 @@ def server_default_cols(mapper: Mapper[Any], table: Table) -> frozenset[Column[A
     return result
 
 
+def table_mapper(mapper: Mapper[Any], table: Table) -> Mapper[Any]:
+    """The mapper of the hierarchy that the unit of work builds ``table``'s INSERTs with
+    (``persistence.save_obj``: ``base_mapper._sorted_tables``)."""
+    found: Mapper[Any] = mapper.base_mapper._sorted_tables.get(table, mapper)  # noqa: SLF001
+    return found
+
+
 def prefer_eager_defaults(mapper: Mapper[Any], dialect: Any, table: Table) -> bool:
     base = mapper.base_mapper
     return bool(base._prefer_eager_defaults(dialect, table))  # type: ignore[no-untyped-call]  # noqa: SLF001

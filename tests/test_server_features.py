@@ -155,6 +155,23 @@ class Spans(Base):
     spans: Mapped[list[Range[int]]] = mapped_column(INT4MULTIRANGE)
 
 
+class Token(Base):
+    """Single-table inheritance whose subclass adds a server-default column: the unit of work
+    builds the table's INSERT with the base mapper, whose RETURNING does not fetch it (it is
+    expired after the flush)."""
+
+    __tablename__ = "sf_token"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    label: Mapped[str | None] = mapped_column(server_default="l")
+    __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "token"}
+
+
+class ShadedToken(Token):
+    shade: Mapped[str | None] = mapped_column(String(10), server_default="grey")
+    __mapper_args__ = {"polymorphic_identity": "shaded"}
+
+
 class PairType(UserDefinedType[Any]):
     """A composite type (bind cast rendered): unnest would expand its fields."""
 
@@ -276,6 +293,10 @@ CASES: dict[str, tuple[Any, str | None]] = {
     "text_parsed_by_the_server": (
         lambda: [Located(at=f"({i},{i + 1})") for i in range(40)],
         "column sf_located.at holds a str",
+    ),
+    "single_table_subclass_server_default": (
+        lambda: [ShadedToken() if i % 3 else Token() for i in range(40)],
+        None,
     ),
     "bind_processor_raises": (
         lambda: [Typed(label="ok" if i != 20 else "bad") for i in range(40)],
