@@ -877,14 +877,14 @@ class FlushRun:
                 _spread(bad, links, candidate, reasons)
                 # ... and to every object of a table with a callable default it shares with
                 # a bad one (evaluated in insert order across all of them natively)
-                if not _split_callable_tables(by_mapper, infos, bad, reasons):
+                if not _split_callable_tables(by_mapper, infos, bad, reasons, metas):
                     break
             fast = [s for s in states if s not in bad] if bad else states
         elif len(candidate) == len(states):
             fast = states
         else:
             bad = {s for s in states if s not in candidate}
-            _split_callable_tables(by_mapper, infos, bad, reasons)
+            _split_callable_tables(by_mapper, infos, bad, reasons, metas)
             fast = [s for s in states if s not in bad]
 
         # foreign keys no relationship orders: natively the unit of work saves the mappers
@@ -904,7 +904,7 @@ class FlushRun:
                 # as in step 2: linked objects go along, and a table's callable default is
                 # evaluated in insert order across all its objects
                 _spread(native_now, links, candidate, reasons)
-                if not _split_callable_tables(by_mapper, infos, native_now, reasons):
+                if not _split_callable_tables(by_mapper, infos, native_now, reasons, metas):
                     break
             fast = [s for s in fast if s not in native_now]
 
@@ -3011,12 +3011,14 @@ def _split_callable_tables(
     infos: dict[Any, MapperInfo],
     bad: set[InstanceState[Any]],
     reasons: dict[Any, str],
+    metas: Mapping[Table, TableMeta],
 ) -> bool:
     """A table with a Python callable default must not be written partly natively: the
     default is called once per row in insert order across all of its objects, which a split
     would change (ours first, then native's) -- nor may tables sharing one callable (called
-    table by table in the unit of work's order). Makes all objects of such tables bad when
-    some are; returns whether any became bad."""
+    table by table in the unit of work's order); likewise a column other than the key that
+    the database numbers from a sequence (an identity, a ``nextval`` server default). Makes
+    all objects of such tables bad when some are; returns whether any became bad."""
     writers: dict[Table, list[Any]] = defaultdict(list)
     # the tables called in one sequence: a table's own, or those sharing a function
     groups: dict[Any, dict[Table, None]] = defaultdict(dict)
@@ -3026,21 +3028,32 @@ def _split_callable_tables(
             for fid in _callable_ids(ts):
                 groups[ts.table][ts.table] = None
                 groups[fid][ts.table] = None
+            meta = metas.get(ts.table)
+            numbered = meta.sequenced_columns if meta is not None else frozenset()
+            if numbered - {c.name for c in ts.table.primary_key}:
+                groups[("numbered", ts.table)][ts.table] = None
     changed = False
-    for tables in groups.values():
+    for gkey, tables in groups.items():
         sts = [st for table in tables for m in writers[table] for st in by_mapper[m]]
         n_bad = sum(1 for st in sts if st in bad)
         if 0 < n_bad < len(sts):
             names = ", ".join(t.name for t in tables)
-            what = "has a callable default" if len(tables) == 1 else "share a callable default"
+            if type(gkey) is tuple:
+                why = (
+                    f"{names} has a column the database numbers from a sequence and some of "
+                    "its objects are written natively (numbered in insert order across all "
+                    "of them)"
+                )
+            else:
+                what = "has a callable default" if len(tables) == 1 else "share a callable default"
+                why = (
+                    f"{names} {what} and some of its objects are written natively (it is "
+                    "called in insert order across all of them)"
+                )
             for st in sts:
                 if st not in bad:
                     bad.add(st)
-                    reasons.setdefault(
-                        st.manager.mapper,
-                        f"{names} {what} and some of its objects are written natively (it is "
-                        "called in insert order across all of them)",
-                    )
+                    reasons.setdefault(st.manager.mapper, why)
             changed = True
     return changed
 
