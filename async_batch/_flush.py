@@ -2654,9 +2654,21 @@ def _keyed_to_native(
         return m in fast_mappers if fast_set is None else st in fast_set
 
     keys: set[Any] = set()
+    native_rows = False
     for m, key in _column_keys(by_mapper, infos, referenced, fk.column):
-        keys.update(dicts[st].get(key) for st in by_mapper[m] if not ours(m, st))
+        theirs = [st for st in by_mapper[m] if not ours(m, st)]
+        native_rows = native_rows or bool(theirs)
+        keys.update(dicts[st].get(key) for st in theirs)
     keys.discard(None)
+    if native_rows and fk.parent.server_default is not None:
+        # the server default may be the key of one of them: unknown until the row exists
+        for m, key in _column_keys(fast_mappers, infos, table, fk.parent):
+            if any(ours(m, st) and dicts[st].get(key) is None for st in by_mapper[m]):
+                return (
+                    f"foreign key {table.name}.{fk.parent.name} is left to its server default, "
+                    f"which may be the key of a new {referenced.name} row the native flush "
+                    "writes (first)"
+                )
     if not keys:
         return None
     for m, key in _column_keys(fast_mappers, infos, table, fk.parent):

@@ -167,6 +167,23 @@ class Ledger(Base):
     __table_args__ = {"implicit_returning": False}
 
 
+class Dock(Base):
+    __tablename__ = "dock"
+    __mapper_args__ = {"eager_defaults": True}  # stays native
+    id: Mapped[int] = mapped_column(primary_key=True)
+    boats: Mapped[list[Boat]] = relationship(back_populates="dock")
+
+
+class Boat(Base):
+    """A foreign key whose server default is the key of a row the native part may write in
+    the same flush (natively first: the relationship orders the mappers)."""
+
+    __tablename__ = "boat"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dock_id: Mapped[int | None] = mapped_column(ForeignKey("dock.id"), server_default=text("1"))
+    dock: Mapped[Dock | None] = relationship(back_populates="boats")
+
+
 @pytest.fixture
 async def fb_engine(engine: AsyncEngine) -> AsyncEngine:
     async with engine.begin() as conn:
@@ -322,6 +339,27 @@ async def test_identity_key_the_native_flush_does_not_fetch(
         assert report is not None
         assert report.accelerated == 3, report.summary()
     assert any("RETURNING" in f.reason for f in report.fallbacks), report.summary()
+
+
+async def test_foreign_key_server_default_to_a_native_row(fb_engine: AsyncEngine) -> None:
+    """New objects leaving a foreign key to its server default stay native when the
+    referenced table gets new rows from the unit of work: the default may name one of them,
+    which natively is inserted first."""
+
+    async def workload(run: Any) -> None:
+        objs = [Dock(), *(Boat() for _ in range(40))]
+        await flush_and_commit(run, objs, objs)
+
+    native = await run_workload(fb_engine, workload, batching=None, metadata=Base.metadata)
+    assert native.error is None, native.error
+    for options in ({}, {"small_flush": 0, "strategy": "copy"}):
+        batched = await run_workload(fb_engine, workload, batching=options, metadata=Base.metadata)
+        assert_same(native, batched, str(options))
+        report = batched.reports[0]
+        assert report is not None
+        assert any("left to its server default" in f.reason for f in report.fallbacks), (
+            report.summary()
+        )
 
 
 CONNECTION_MODES = {
