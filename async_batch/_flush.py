@@ -420,6 +420,11 @@ class FlushRun:
         # RETURNING). See _revert.
         after_ours = native_left and self._all_written
         seen: list[tuple[Table, bool]] = []
+        # for after_flush listeners: which keys we copied had no committed-state entry before
+        # the unit of work runs (its sync.populate may copy one again: see _record_copies)
+        unrecorded: list[bool] | None = None
+        if native_left and self.session.dispatch.after_flush:
+            unrecorded = [key not in st.committed_state for st, key, *_rest in self._undo]
         try:
             if conn is not None and native_left and (after_ours or self._undo_ids):
                 with _sa.dml_tables(conn, seen):
@@ -434,15 +439,22 @@ class FlushRun:
             self._revert()
             raise
         if self.session.dispatch.after_flush:
-            self._record_copies()
+            self._record_copies(unrecorded)
 
-    def _record_copies(self) -> None:
+    def _record_copies(self, unrecorded: list[bool] | None) -> None:
         """Record the value before each key we copied with a plain dict write in the
         object's committed state, as ``sync.populate``'s attribute set does: what an
         ``after_flush`` listener sees of the keys' history (and what stays if it raises).
-        Finalizing the flush clears it again."""
-        for st, key, old, _stage, copied in self._undo:
+        Finalizing the flush clears it again. ``unrecorded``: per copy, whether the key had
+        no entry before the unit of work ran -- one it has now, the unit of work's own copy
+        of the same key (a persistent parent it processed) recorded, with our copy as the
+        value before; natively that copy was the first."""
+        popped: set[tuple[int, str]] = set()
+        for i, (st, key, old, _stage, copied) in enumerate(self._undo):
             if copied:
+                if unrecorded is not None and unrecorded[i] and (id(st), key) not in popped:
+                    popped.add((id(st), key))
+                    st.committed_state.pop(key, None)
                 _record_copy(st, key, old)
         dicts = self._dicts
         for sts, same in self._same_copies:

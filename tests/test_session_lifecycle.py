@@ -454,6 +454,32 @@ def after_flush_history(fail: bool) -> Callable[[Run], Any]:
     return workload
 
 
+async def history_of_keys_the_unit_of_work_copies_again(run: Run) -> None:
+    """New pets of a persistent owner that the unit of work processes (its collection also
+    holds an object outside the session): it copies their key again after async_batch did;
+    an after_flush listener sees the key as added, as natively."""
+
+    def seen(session: Any, _ctx: Any) -> None:
+        for obj in session.new:
+            if isinstance(obj, Pet):
+                hist = inspect(obj).attrs.owner_id.history
+                run.events.append(("history", obj.name, hist.added, hist.unchanged))
+
+    s = run.session
+    owner = Owner(name="o", pets=[])
+    s.add(owner)
+    await s.flush()
+    event.listen(s.sync_session, "after_flush", seen)
+    gone = Pet(name="gone")
+    owner.pets.append(gone)
+    s.expunge(gone)  # in the collection, not in the session
+    pets = [Pet(name=f"p{i}") for i in range(40)]
+    owner.pets.extend(pets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not in session ... will not proceed"
+        await flush_and_commit(run, [owner, *pets], [])
+
+
 async def validated_key_from_updated_parent(run: Run) -> None:
     kennel = (await run.session.scalars(select(Kennel).options(selectinload(Kennel.dogs)))).one()
     CALLS.clear()
@@ -907,6 +933,7 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "row switch": row_switch,
     "history in after_flush": after_flush_history(fail=False),
     "history when after_flush raises": after_flush_history(fail=True),
+    "history of keys the unit of work copies again": history_of_keys_the_unit_of_work_copies_again,
     "validated key from an updated parent": validated_key_from_updated_parent,
     "transient parents re-added": transient_parents_readded,
     "reparent under new nodes": reparent_under_new_nodes,
