@@ -3040,9 +3040,10 @@ def _split_callable_tables(
     """A table with a Python callable default must not be written partly natively: the
     default is called once per row in insert order across all of its objects, which a split
     would change (ours first, then native's) -- nor may tables sharing one callable (called
-    table by table in the unit of work's order); likewise a column other than the key that
-    the database numbers from a sequence (an identity, a ``nextval`` server default). Makes
-    all objects of such tables bad when some are; returns whether any became bad."""
+    table by table in the unit of work's order). Makes all objects of such tables bad when
+    some are. Likewise for a column other than the key that the database numbers from a
+    sequence (an identity, a ``nextval`` server default), among the objects whose rows leave
+    it to the database. Returns whether any became bad."""
     writers: dict[Table, list[Any]] = defaultdict(list)
     # the tables called in one sequence: a table's own, or those sharing a function
     groups: dict[Any, dict[Table, None]] = defaultdict(dict)
@@ -3052,34 +3053,58 @@ def _split_callable_tables(
             for fid in _callable_ids(ts):
                 groups[ts.table][ts.table] = None
                 groups[fid][ts.table] = None
-            meta = metas.get(ts.table)
-            numbered = meta.sequenced_columns if meta is not None else frozenset()
-            if numbered - {c.name for c in ts.table.primary_key}:
-                groups[("numbered", ts.table)][ts.table] = None
     changed = False
-    for gkey, tables in groups.items():
+    for tables in groups.values():
         sts = [st for table in tables for m in writers[table] for st in by_mapper[m]]
         n_bad = sum(1 for st in sts if st in bad)
         if 0 < n_bad < len(sts):
             names = ", ".join(t.name for t in tables)
-            if type(gkey) is tuple:
-                why = (
-                    f"{names} has a column the database numbers from a sequence and some of "
-                    "its objects are written natively (numbered in insert order across all "
-                    "of them)"
-                )
-            else:
-                what = "has a callable default" if len(tables) == 1 else "share a callable default"
-                why = (
-                    f"{names} {what} and some of its objects are written natively (it is "
-                    "called in insert order across all of them)"
-                )
+            what = "has a callable default" if len(tables) == 1 else "share a callable default"
             for st in sts:
                 if st not in bad:
                     bad.add(st)
-                    reasons.setdefault(st.manager.mapper, why)
+                    reasons.setdefault(
+                        st.manager.mapper,
+                        f"{names} {what} and some of its objects are written natively (it is "
+                        "called in insert order across all of them)",
+                    )
+            changed = True
+    # columns other than the key the database numbers: among the rows leaving one to it
+    for table, ms in writers.items():
+        meta = metas.get(table)
+        numbered = meta.sequenced_columns if meta is not None else frozenset()
+        numbered = numbered - {c.name for c in table.primary_key}
+        if not numbered:
+            continue
+        drawing = [
+            st for m in ms for st in by_mapper[m] if _leaves_out(st, infos[m], table, numbered)
+        ]
+        n_bad = sum(1 for st in drawing if st in bad)
+        if 0 < n_bad < len(drawing):
+            for st in drawing:
+                if st not in bad:
+                    bad.add(st)
+                    reasons.setdefault(
+                        st.manager.mapper,
+                        f"{table.name} has a column the database numbers from a sequence and "
+                        "some of its objects are written natively (numbered in insert order "
+                        "across all of them)",
+                    )
             changed = True
     return changed
+
+
+def _leaves_out(
+    st: InstanceState[Any], info: MapperInfo, table: Table, columns: frozenset[str]
+) -> bool:
+    """Whether the object's row of ``table`` leaves one of ``columns`` to the database (the
+    column is not mapped, or its value is None, which the INSERT omits)."""
+    d = st.dict
+    for ts in info.tables:
+        if ts.table is table:
+            given = {c.name for c in ts.columns if d.get(c.propkey) is not None}
+            return bool(columns - given)
+    return False
 
 
 def _spec_for(info: MapperInfo, col: Any) -> tuple[TableSpec, Any] | None:

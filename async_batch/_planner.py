@@ -284,8 +284,11 @@ def _analyze(mapper: Mapper[Any], dialect: Any) -> MapperInfo:
             orm_defaults.append((propkey, col.name, value))
         # natively the INSERT of a hierarchy's table returns the server defaults of the
         # table's own mapper (base_mapper._sorted_tables): a column a single-table subclass
-        # adds is not among them, and is expired after the flush instead
+        # adds is not among them, and is expired after the flush instead -- unless that
+        # mapper has none, then return_defaults() without columns returns every one
         server_cols = _sa.server_default_cols(_sa.table_mapper(mapper, table), table)
+        if not server_cols:
+            server_cols = _sa.all_server_default_cols(table)
         eager = (
             frozenset(c.name for c in server_cols if c in col_to_key and not c.primary_key)
             if _sa.prefer_eager_defaults(mapper, dialect, table)

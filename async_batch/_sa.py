@@ -916,6 +916,17 @@ def server_default_cols(mapper: Mapper[Any], table: Table) -> frozenset[Column[A
     return result
 
 
+def all_server_default_cols(table: Table) -> frozenset[Column[Any]]:
+    """The table's columns with a server default or a SQL-expression default: what an
+    INSERT's ``return_defaults()`` without columns returns (``crud._get_returning_modifiers``
+    takes every column of the table; those the database fills are returned)."""
+    return frozenset(
+        c
+        for c in table.c
+        if c.server_default is not None or (c.default is not None and c.default.is_clause_element)
+    )
+
+
 def table_mapper(mapper: Mapper[Any], table: Table) -> Mapper[Any]:
     """The mapper of the hierarchy that the unit of work builds ``table``'s INSERTs with
     (``persistence.save_obj``: ``base_mapper._sorted_tables``)."""

@@ -191,6 +191,22 @@ class ShadedToken(Token):
     __mapper_args__ = {"polymorphic_identity": "shaded"}
 
 
+class Tile(Base):
+    """As ``Token``, but the base mapper has no server default of its own: natively the
+    INSERT's ``return_defaults()`` then has no columns, which returns every server default
+    of the table, the subclass's included."""
+
+    __tablename__ = "sf_tile"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    __mapper_args__ = {"polymorphic_on": kind, "polymorphic_identity": "tile"}
+
+
+class SquareTile(Tile):
+    side: Mapped[int | None] = mapped_column(server_default=text("1"))
+    __mapper_args__ = {"polymorphic_identity": "square"}
+
+
 class PairType(UserDefinedType[Any]):
     """A composite type (bind cast rendered): unnest would expand its fields."""
 
@@ -322,6 +338,10 @@ CASES: dict[str, tuple[Any, str | None]] = {
     "numbered_columns_split": (
         lambda: [Coded(name=literal("first")), *(Coded(name=f"n{i}") for i in range(40))],
         "an attribute is set to a SQL expression",
+    ),
+    "single_table_subclass_server_default_only": (
+        lambda: [SquareTile() if i % 3 else Tile() for i in range(40)],
+        None,
     ),
     "bind_processor_raises": (
         lambda: [Typed(label="ok" if i != 20 else "bad") for i in range(40)],
