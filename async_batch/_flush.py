@@ -436,6 +436,10 @@ class FlushRun:
                 if after_ours:
                     self._native_failed = seen[-1][0]
                 self._native_inserted = {t for t, ins in seen[:-1] if ins} - {seen[-1][0]}
+            elif seen:
+                # raised after the statements it ran completed (a StaleDataError: an UPDATE
+                # matched no row; a listener): the INSERTs among them are done
+                self._native_inserted = {t for t, ins in seen if ins}
             self._revert()
             raise
         if self.session.dispatch.after_flush:

@@ -55,6 +55,7 @@ from sqlalchemy import (
     event,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import INT4RANGE, Range
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
@@ -209,6 +210,16 @@ class Probe(Base):
     x: Mapped[int | None]
     stamp: Mapped[str | None] = mapped_column(String(5), server_default="s")
     __mapper_args__ = {"eager_defaults": True}
+
+
+class Sheet(Base):
+    """Versioned (written natively), saved after Probe (class names)."""
+
+    __tablename__ = "sl_sheet"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str]
+    rev: Mapped[int] = mapped_column()
+    __mapper_args__ = {"version_id_col": rev}
 
 
 class Reading(Base):
@@ -868,6 +879,23 @@ async def later_native_table_fails(run: Run) -> None:
     await run.session.flush()  # sl_probe's INSERTs complete, sl_reading's fails
 
 
+async def stale_update_after_native_inserts(run: Run) -> None:
+    s = run.session
+    sheet = Sheet(body="b")
+    s.add(sheet)
+    await s.commit()
+    await s.refresh(sheet)
+    table = Sheet.__table__
+    await s.execute(update(table).values(rev=table.c.rev + 1))  # bumped behind the session
+    sheet.body = "changed"
+    probes = [Probe(x=i) if i % 2 else Probe() for i in range(40)]
+    run.track(sheet, *probes)
+    s.add_all(probes)
+    # sl_probe's INSERTs complete, then the UPDATE matches no row: StaleDataError, no SQL
+    # error -- the probes keep their prefetched ids, as natively their RETURNING ones
+    await s.flush()
+
+
 async def cows_of_new_farms(run: Run) -> None:
     FARM_CODES.clear()
     farms = [Farm(cows=[Cow(), Cow()]) for _ in range(20)]
@@ -946,6 +974,9 @@ CASES: dict[str, Callable[[Run], Any]] = {
     "validator on a key copied from a new parent": cows_of_new_farms,
     "pending_to_persistent sees the parent committed": pending_to_persistent_sees_parent,
     "native objects with prefetched ids, a later native table fails": later_native_table_fails,
+    "native objects with prefetched ids, a later UPDATE is stale": (
+        stale_update_after_native_inserts
+    ),
     "re-added after a failed flush's rollback expired them": readded_after_failed_flush,
     "one-to-one value replaced before it was loaded": badge_for_unloaded_member,
     "key changed, then made transient by a rollback": rekeyed_by_a_rollback,
@@ -991,6 +1022,7 @@ FAILS = {
     "native part fails after ours",
     "native part fails in a table ours also writes",
     "native objects with prefetched ids, a later native table fails",
+    "native objects with prefetched ids, a later UPDATE is stale",
 }
 
 
