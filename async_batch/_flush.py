@@ -582,8 +582,8 @@ class FlushRun:
                 )
                 return
 
-        self_ref_bases = _self_referencing_bases(infos)
-        if self_ref_bases and _steps_matter(self.ctx.states, self_ref_bases, infos):
+        self_ref = _self_referencing_bases(infos)
+        if self_ref and _steps_matter(self.ctx.states, self_ref, infos):
             # the unit of work saves these objects one by one, in the steps of its sort: ours
             # are written, and their ids drawn, in that order
             if not _sa.DRY_RUN_AVAILABLE:  # a SQLAlchemy whose planning we do not know
@@ -601,7 +601,6 @@ class FlushRun:
                 return
 
         # 1. candidates
-        self_ref = self_ref_bases
         rekeyed: list[InstanceState[Any]] = []
         candidate: set[InstanceState[Any]] = set()
         reasons: dict[Any, str] = {}
