@@ -328,6 +328,8 @@ class FlushRun:
         """The tables the unit of work's INSERTs completed in before that failure."""
         self._conn: Connection | None = None
         self._all_written = False
+        self._pending: tuple[_writer.PendingCopy, Table, TableWrite] | None = None
+        """The last COPY, its rows sent and its outcome not yet read (finalize reads it)."""
         self._planned: Mapping[Any, list[InstanceState[Any]]] = {}
         self._infos: dict[Any, MapperInfo] = {}
         self._t0 = time.perf_counter()
@@ -409,6 +411,7 @@ class FlushRun:
                 self._refresh = stale.tables
                 self._run()
         except BaseException:
+            self._drop_pending()
             self._revert()
             raise
         ours = len(self.fast) + len(self.parents_done)
@@ -432,6 +435,7 @@ class FlushRun:
             else:
                 native_execute()
         except BaseException as err:
+            self._drop_pending()
             if isinstance(err, sa_exc.DBAPIError) and seen:
                 if after_ours:
                     self._native_failed = seen[-1][0]
@@ -483,11 +487,46 @@ class FlushRun:
                 # natively every object of the flush is committed before any
                 # pending_to_persistent listener runs: the idle parents first
                 _sa.register_persistent_native(self.session, self.parents_done)
-                _sa.register_persistent(self.session, self.fast_groups, self._dicts)
+                adoption = _sa.Adoption() if self._pending is not None else None
+                try:
+                    _sa.register_persistent(self.session, self.fast_groups, self._dicts, adoption)
+                except BaseException:
+                    self._drop_pending()  # the rollback needs the connection
+                    raise
+                if adoption is not None:
+                    self._finish_pending(adoption)
             if self.fast:
                 _sa.use_fast_expiry(self.session)
         self._mark("adopt")
         log(self.report)
+
+    def _finish_pending(self, adoption: _sa.Adoption) -> None:
+        """The outcome of the last COPY, whose objects are adopted already: undone with the
+        rest of the flush if it failed."""
+        assert self._pending is not None
+        assert self._conn is not None
+        pending, table, write = self._pending
+        self._pending = None
+        try:
+            _writer.finish(self._conn, pending)
+        except BaseException:
+            adoption.undo(self.session)
+            self._failed_at = self._table_pos[table]
+            self._all_written = False
+            self.report.accelerated = 0  # as for any write that fails
+            self._revert()
+            raise
+        self.report.tables.append(write)
+        adoption.complete(self.session)
+
+    def _drop_pending(self) -> None:
+        """The flush failed elsewhere while the last COPY ran: wait for it (the connection is
+        busy until then), whatever its outcome."""
+        if self._pending is not None and self._conn is not None:
+            pending = self._pending[0]
+            self._pending = None
+            with contextlib.suppress(Exception):
+                _writer.finish(self._conn, pending)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -1037,17 +1076,40 @@ class FlushRun:
                 last = max((ts.table for ts in infos[m].tables), key=self._table_pos.__getitem__)
                 finished[last].append(m)
         per_table = _chunks_per_table(fast_groups, infos)
+        # the last COPY of a flush that is all ours: the objects are adopted while the server
+        # stores its rows and checks their constraints, undone if it fails (finalize)
+        overlap = (
+            len(fast) == len(states) == len(self.ctx.states)
+            and fast_tables[-1] not in finished
+            and not self._loads
+            and not self._same_copies
+            and not session.dispatch.after_flush
+            and not _sa.has_p2p_listeners(session)
+        )
         for table in fast_tables:
             jobs = self._build(conn, table, per_table.get(table), infos, metas, secondary_rows)
             self._mark("rows")
             for job, states_for_rows, postfetch in jobs:
                 chosen = _writer.choose(job, strategy)
+                write = TableWrite(job.table_ref, len(job.rows), chosen, 1)
+                returned: list[Any] = []
                 try:
-                    returned = _writer.write(conn, job, chosen)
+                    if (
+                        overlap
+                        and chosen == "copy"
+                        and table is fast_tables[-1]
+                        and job is jobs[-1][0]
+                    ):
+                        pending = _writer.start_copy(conn, job)
+                        if pending is not None:
+                            self._pending = (pending, table, write)
+                    else:
+                        returned = _writer.write(conn, job, chosen)
                 except BaseException:
                     self._failed_at = self._table_pos[table]
                     raise
-                report.tables.append(TableWrite(job.table_ref, len(job.rows), chosen, 1))
+                if self._pending is None:
+                    report.tables.append(write)
                 if returned:
                     self._apply_returning(job, returned, states_for_rows, conn)
                 if self._loads:

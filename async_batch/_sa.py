@@ -460,15 +460,92 @@ def has_connection_callable(session: Session) -> bool:
     return session.connection_callable is not None
 
 
+class Adoption:
+    """What ``register_persistent`` changed, to undo it exactly: it adopted the states of a
+    write whose outcome the server had not yet given (``_writer.start_copy``), and the write
+    failed. States it left to the session's own method wait in ``slow`` for the outcome."""
+
+    __slots__ = (
+        "committed",
+        "dicts",
+        "expired",
+        "modified",
+        "new",
+        "slow",
+        "states",
+        "transaction",
+    )
+
+    def __init__(self) -> None:
+        # every state given, and copies of its __dict__, committed state and expired
+        # attributes from before (taken in C-level passes: cheaper than per adopted state)
+        self.states: list[InstanceState[Any]] = []
+        self.dicts: list[dict[str, Any]] = []
+        self.committed: list[dict[str, Any]] = []
+        self.expired: list[set[str]] = []
+        self.slow: set[InstanceState[Any]] = set()
+        self.new: dict[InstanceState[Any], Any] = {}
+        self.modified: list[InstanceState[Any]] = []
+        # the session transaction, and its _new and _dirty (weak dictionaries) before
+        self.transaction: tuple[Any, Any, Any] | None = None
+
+    def record(self, session: Session, states: list[InstanceState[Any]]) -> None:
+        self.states = states
+        self.dicts = list(map(dict, map(_state_vars, states)))
+        self.committed = list(map(dict, map(_committed_of, states)))
+        self.expired = list(map(set, map(_expired_attributes_of, states)))
+        self.new = dict(session._new)  # noqa: SLF001
+
+    def complete(self, session: Session) -> None:
+        """The write succeeded: adopt the rest as the session does."""
+        if self.slow:
+            session._register_persistent(self.slow)  # noqa: SLF001
+
+    def undo(self, session: Session) -> None:
+        """The write failed: the states are pending again, as before adoption."""
+        id_dict = session.identity_map._dict  # noqa: SLF001
+        slow = self.slow
+        for state, sd, committed, expired in zip(
+            self.states, self.dicts, self.committed, self.expired, strict=True
+        ):
+            if state in slow:
+                continue  # left unchanged
+            id_dict.pop(state.__dict__["key"], None)
+            state.__dict__.clear()
+            state.__dict__.update(sd)
+            state.committed_state.update(committed)
+            state.expired_attributes.clear()
+            state.expired_attributes.update(expired)
+        session.identity_map._modified.update(self.modified)  # noqa: SLF001
+        if self.transaction is not None:
+            trans, new_before, dirty_before = self.transaction
+            _weak_dict_restore(trans._new, new_before)  # noqa: SLF001
+            _weak_dict_restore(trans._dirty, dirty_before)  # noqa: SLF001
+        new = session._new  # noqa: SLF001
+        new.clear()
+        new.update(self.new)
+        self.states = []
+
+
+_state_vars = operator.attrgetter("__dict__")
+_committed_of = operator.attrgetter("committed_state")
+_expired_attributes_of = operator.attrgetter("expired_attributes")
+
+
 def register_persistent(
     session: Session,
     groups: Mapping[Mapper[Any], Sequence[InstanceState[Any]]],
     dicts: Mapping[InstanceState[Any], dict[str, Any]],
+    adoption: Adoption | None = None,
 ) -> None:
     """Make written states (per mapper) persistent exactly as ``Session._register_persistent``
     does (identity key and map, committed state, transaction bookkeeping,
     ``pending_to_persistent``), inlined for pending states whose keys are new to the map;
-    anything else goes through the session's own method."""
+    anything else goes through the session's own method.
+
+    With ``adoption`` (no ``pending_to_persistent`` listeners: nothing outside the session
+    sees the adoption), what changes is recorded there to be undone, and the states for the
+    session's own method wait there (``Adoption.complete``)."""
     if not groups:
         return
     idmap = session.identity_map
@@ -480,6 +557,9 @@ def register_persistent(
     p2p = session.dispatch.pending_to_persistent or None
     slow: set[InstanceState[Any]] = set()
     adopted: list[InstanceState[Any]] = []
+    if adoption is not None:
+        assert p2p is None, "an adoption to undo fires no pending_to_persistent events"
+        adoption.record(session, [st for group in groups.values() for st in group])
     common = {**_ADOPTED, "_instance_dict": wr}
     for mapper, group in groups.items():
         identity_class = mapper._identity_class  # noqa: SLF001
@@ -513,11 +593,19 @@ def register_persistent(
                 expired.difference_update(d)
             adopted.append(state)
     if modified:
+        if adoption is not None:
+            adoption.modified = [st for st in adopted if st in modified]
         modified.difference_update(adopted)
     # those still pending (an after_flush listener may have expunged some): the others are
     # "altered" as persistent ones, and get no pending_to_persistent event
     pending = [st for st in adopted if st in new] if adopted else adopted
     if trans is not None:
+        if adoption is not None:
+            adoption.transaction = (
+                trans,
+                _weak_dict_copy(trans._new),  # noqa: SLF001
+                _weak_dict_copy(trans._dirty),  # noqa: SLF001
+            )
         _weak_keys_set(trans._new, pending, True)  # noqa: SLF001
         if len(pending) < len(adopted):
             kept = set(pending)
@@ -530,7 +618,9 @@ def register_persistent(
         new.clear()
     else:
         _consume(map(new.pop, pending, itertools.repeat(None)))
-    if slow:
+    if slow and adoption is not None:
+        adoption.slow = slow
+    elif slow:
         session._register_persistent(slow)  # noqa: SLF001
 
 
@@ -540,6 +630,24 @@ _ADOPTED = {
     "expired": False,
     "_strong_obj": None,
 }
+
+
+def _weak_dict_copy(wkd: Any) -> Any:
+    """A WeakKeyDictionary's contents, to put back with ``_weak_dict_restore``."""
+    data = getattr(wkd, "data", None)
+    if type(wkd) is weakref.WeakKeyDictionary and type(data) is dict:
+        return dict(data)  # its weak references, callbacks and all: no Python-level loop
+    return dict(wkd.items())  # pragma: no cover - another WeakKeyDictionary
+
+
+def _weak_dict_restore(wkd: Any, saved: Any) -> None:
+    data = getattr(wkd, "data", None)
+    if type(wkd) is weakref.WeakKeyDictionary and type(data) is dict:
+        data.clear()
+        data.update(saved)
+        return
+    wkd.clear()  # pragma: no cover - another WeakKeyDictionary
+    wkd.update(saved)  # pragma: no cover
 
 
 def _consume(it: Iterable[Any]) -> None:
@@ -1173,6 +1281,14 @@ def driver_send_sync(raw: Any) -> None:
     transport = getattr(raw, "_transport", None)
     if transport is not None and not transport.is_closing():
         transport.write(b"S\x00\x00\x00\x04")
+
+
+def driver_write_buffered(raw: Any) -> int:
+    """Bytes asyncpg's transport holds that the event loop has not yet sent (0 if unknown)."""
+    transport = getattr(raw, "_transport", None)
+    if transport is None or transport.is_closing():
+        return 0
+    return int(transport.get_write_buffer_size())
 
 
 def run_raw(connection: Connection, fn: Callable[[Any], Any], statement: str) -> Any:

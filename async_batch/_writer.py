@@ -19,6 +19,7 @@ handling directly; COPY errors are translated by ``_sa.raise_dbapi_error`` the s
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,20 +128,86 @@ def write(connection: Connection, job: TableJob, strategy: str) -> list[Any]:
             )
         return []
     if strategy == "copy":
-        _sa.ensure_transaction(connection)
-        stmt = f"COPY {job.table_ref} ({cols}) FROM STDIN (FORMAT binary)"
-        _sa.run_raw(connection, lambda raw: _copy(raw, job), stmt)
+        pending = start_copy(connection, job)
+        if pending is not None:
+            finish(connection, pending)
         return []
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
-async def _copy(raw: Any, job: TableJob) -> None:
-    await _guarded(
-        raw,
-        raw.copy_records_to_table(
-            job.name, records=job.rows, columns=job.columns, schema_name=job.schema
-        ),
+@dataclass
+class PendingCopy:
+    """A COPY whose rows are all sent, the server's answer not yet read (``start_copy``)."""
+
+    task: asyncio.Future[Any]
+    statement: str
+
+
+def start_copy(connection: Connection, job: TableJob) -> PendingCopy | None:
+    """Send the job's rows by binary COPY and return once they are all on their way, without
+    waiting for the server to store them (and check its constraints): the caller's own work
+    runs meanwhile, and ``finish`` reads the outcome. None: the COPY already completed."""
+    _sa.ensure_transaction(connection)
+    cols = ", ".join(_quote(connection, c) for c in job.columns)
+    stmt = f"COPY {job.table_ref} ({cols}) FROM STDIN (FORMAT binary)"
+    task = _sa.run_raw(connection, lambda raw: _start_copy(raw, job), stmt)
+    if task.done():
+        # failed while sending (a value the encoder refuses, a lost connection), or done
+        _sa.run_raw(connection, lambda _raw: task, stmt)
+        return None
+    return PendingCopy(task, stmt)
+
+
+def finish(connection: Connection, pending: PendingCopy) -> None:
+    """Wait for a started COPY's outcome; its errors raised as SQLAlchemy raises them."""
+    _sa.run_raw(connection, lambda _raw: pending.task, pending.statement)
+
+
+async def _start_copy(raw: Any, job: TableJob) -> asyncio.Future[Any]:
+    loop = asyncio.get_running_loop()
+    sent = loop.create_future()
+    # asyncpg encodes and sends the records as it iterates them, then (in the same step)
+    # the COPY's end and CopyDone: the end of this iteration is the moment all is sent
+    records = itertools.chain(job.rows, _SentSignal(sent))
+    task = asyncio.ensure_future(
+        _guarded(
+            raw,
+            raw.copy_records_to_table(
+                job.name, records=records, columns=job.columns, schema_name=job.schema
+            ),
+        )
     )
+    try:
+        await asyncio.wait({sent, task}, return_when=asyncio.FIRST_COMPLETED)
+        # ... and on the wire, not buffered in the transport (where only the event loop, not
+        # running while the caller works, would send it); no event says the buffer is empty
+        while not task.done() and _sa.driver_write_buffered(raw):  # noqa: ASYNC110
+            await asyncio.sleep(0.0002)
+    except asyncio.CancelledError:
+        # cancelled ourselves: the COPY stops (``_guarded``), and is done before the rollback
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller gets
+        raise
+    return task
+
+
+class _SentSignal:
+    """An iterator of no items that resolves a future when it is asked for one."""
+
+    __slots__ = ("_sent",)
+
+    def __init__(self, sent: asyncio.Future[None]) -> None:
+        self._sent = sent
+
+    def __iter__(self) -> _SentSignal:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._sent.done():
+            self._sent.set_result(None)
+        raise StopIteration
 
 
 class _Feed:

@@ -1,0 +1,202 @@
+"""The last COPY of a flush that is all async_batch's own: its objects are adopted while the
+server stores the rows and checks their constraints (``_writer.start_copy``), and the adoption
+is undone exactly if the COPY fails (``_sa.Adoption``). Listeners that could see the adoption,
+or use the connection, before the COPY's outcome is known keep the write waited for first."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import pytest
+from sqlalchemy import ForeignKey, MetaData, String, delete, event, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from async_batch import _sa, enable_async_batching, last_flush
+from tests.support import session_state
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Crate(Base):
+    __tablename__ = "crate"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(30))
+    jars: Mapped[list[Jar]] = relationship(back_populates="crate")
+
+
+class Jar(Base):
+    __tablename__ = "jar"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crate_id: Mapped[int] = mapped_column(ForeignKey("crate.id"))
+    content: Mapped[str] = mapped_column(String(10))
+    crate: Mapped[Crate] = relationship(back_populates="jars")
+
+
+@pytest.fixture
+async def tables(engine: AsyncEngine) -> AsyncEngine:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    return engine
+
+
+def _crates(n: int) -> list[Crate]:
+    return [
+        Crate(label=f"c{i}", jars=[Jar(content=f"j{i}{k}") for k in range(3)]) for i in range(n)
+    ]
+
+
+def _internals(session: Session, objs: list[Any]) -> list[Any]:
+    """Everything adoption changes, down to the states' own attributes."""
+    trans = session._transaction
+    out: list[Any] = [session_state(session, objs)]
+    for obj in objs:
+        st = _sa_state(obj)
+        out.append(
+            (
+                sorted(vars(st).items(), key=lambda kv: kv[0]),
+                dict(st.committed_state),
+                set(st.expired_attributes),
+                st in session.identity_map._modified,
+                trans is not None and st in trans._new,
+                trans is not None and st in trans._dirty,
+            )
+        )
+    out.append(list(session._new))
+    out.append(sorted(map(repr, session.identity_map.keys())))
+    return out
+
+
+def _sa_state(obj: Any) -> Any:
+    from sqlalchemy import inspect
+
+    return inspect(obj)
+
+
+@pytest.mark.asyncio
+async def test_undone_adoption_leaves_the_objects_as_before(tables: AsyncEngine) -> None:
+    """Adopted, then undone: the objects, the identity map, the session's and its
+    transaction's bookkeeping are as before, attribute for attribute."""
+    async with AsyncSession(tables) as s:
+        (await s.scalars(select(Crate).limit(1))).all()  # a transaction, an identity map
+        objs: list[Any] = []
+        for i, crate in enumerate(_crates(3)):
+            crate.id = 100 + i
+            for k, jar in enumerate(crate.jars):
+                jar.id = 100 + 10 * i + k
+                jar.crate_id = crate.id
+            objs += [crate, *crate.jars]
+        objs[1].content = "changed"  # set twice: one committed-state entry, modified
+        s.add_all(objs)
+
+        def adopt_and_undo(session: Session) -> None:
+            before = _internals(session, objs)
+            states = [_sa_state(o) for o in objs]
+            groups = _sa.group_by_mapper(states)
+            dicts = _sa.state_dicts(states)
+            adoption = _sa.Adoption()
+            _sa.register_persistent(session, groups, dicts, adoption)
+            assert all(st.persistent for st in states)
+            assert not session.new
+            adoption.undo(session)
+            assert _internals(session, objs) == before
+            assert all(st.pending for st in states)
+
+        await s.run_sync(adopt_and_undo)
+        # still the session's pending objects: a flush writes them
+        await s.commit()
+        assert await s.scalar(select(func.count()).select_from(Jar)) == 9
+
+
+@pytest.mark.asyncio
+async def test_adoption_waits_for_a_failed_last_copy(tables: AsyncEngine) -> None:
+    """The last table's COPY fails on a constraint the server checks at the end of the
+    statement (a foreign key): the objects are left as a failed native flush leaves them,
+    nothing is written, and the corrected objects are written after the rollback."""
+    results = []
+    for batched in (False, True):
+        async with tables.begin() as conn:  # the same ids in both runs
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+        maker = async_sessionmaker(tables)
+        if batched:
+            enable_async_batching(maker, small_flush=0, strategy="copy")
+        async with maker() as s:
+            crates = _crates(4)
+            jars = [j for c in crates for j in c.jars]
+            s.add_all(crates)
+            await s.flush()
+            ids = [c.id for c in crates]
+            await s.commit()
+            # a second flush: new jars of persistent crates, one of them deleted behind the
+            # session's back (its row gone, so the jars' foreign key fails)
+            extra = [Jar(content=f"x{i}", crate_id=ids[i % 4]) for i in range(20)]
+            async with tables.begin() as other:
+                await other.execute(delete(Jar).where(Jar.crate_id == ids[3]))
+                await other.execute(delete(Crate).where(Crate.id == ids[3]))
+            s.add_all(extra)
+            with pytest.raises(IntegrityError) as failed:
+                await s.flush()
+            state = await s.run_sync(session_state, extra)
+            report = last_flush(s)
+            await s.rollback()
+            after = await s.run_sync(session_state, extra)
+            for j in extra:
+                if j.crate_id == ids[3]:
+                    j.crate_id = ids[0]
+            s.add_all(extra)
+            await s.commit()
+            count = await s.scalar(select(func.count()).select_from(Jar))
+            results.append((type(failed.value), state, after, count))
+            if batched:
+                # failed in async_batch's own COPY, the flush's last write
+                assert report is not None
+                assert report.error is not None
+                assert "COPY jar" in report.error, report.summary()
+            del jars
+    native, ours = results
+    assert ours[0] is native[0]
+    assert ours[1] == native[1]
+    assert ours[2] == native[2]
+    assert ours[3] == native[3] == 29
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("event_name", ["after_flush", "pending_to_persistent"])
+async def test_listeners_see_the_last_copy_done(tables: AsyncEngine, event_name: str) -> None:
+    """An ``after_flush`` or ``pending_to_persistent`` listener may use the connection (and
+    sees the adoption): the last COPY is waited for before it runs."""
+    maker = async_sessionmaker(tables)
+    enable_async_batching(maker, small_flush=0, strategy="copy")
+    seen: list[int | None] = []
+
+    def count_jars(session: Session, *_args: Any) -> None:
+        if not seen:
+            seen.append(session.connection().scalar(select(func.count()).select_from(Jar)))
+
+    async with maker() as s:
+        event.listen(s.sync_session, event_name, count_jars)
+        s.add_all(_crates(50))
+        await s.commit()
+        report = last_flush(s)
+    assert report is not None
+    assert report.accelerated == 200
+    assert seen == [150]
+
+
+@pytest.mark.asyncio
+async def test_objects_freed_once_committed(tables: AsyncEngine) -> None:
+    """The adoption's record of the objects is dropped with the flush: nothing keeps them."""
+    maker = async_sessionmaker(tables)
+    enable_async_batching(maker, small_flush=0, strategy="copy")
+    async with maker() as s:
+        crates = _crates(10)
+        s.add_all(crates)
+        await s.commit()
+        refs = [weakref.ref(c) for c in crates]
+        del crates
+    assert all(r() is None for r in refs)
