@@ -486,8 +486,10 @@ class Adoption:
         self.slow: set[InstanceState[Any]] = set()
         self.new: dict[InstanceState[Any], Any] = {}
         self.modified: list[InstanceState[Any]] = []
-        # the session transaction, and its _new and _dirty (weak dictionaries) before
-        self.transaction: tuple[Any, Any, Any] | None = None
+        # the session transaction, and the states adoption added to its _new and _dirty
+        self.transaction: tuple[Any, list[InstanceState[Any]], list[InstanceState[Any]]] | None = (
+            None
+        )
 
     def record(self, session: Session, states: list[InstanceState[Any]]) -> None:
         self.states = states
@@ -518,9 +520,11 @@ class Adoption:
             state.expired_attributes.update(expired)
         session.identity_map._modified.update(self.modified)  # noqa: SLF001
         if self.transaction is not None:
-            trans, new_before, dirty_before = self.transaction
-            _weak_dict_restore(trans._new, new_before)  # noqa: SLF001
-            _weak_dict_restore(trans._dirty, dirty_before)  # noqa: SLF001
+            trans, added_new, added_dirty = self.transaction
+            for st in added_new:
+                trans._new.pop(st, None)  # noqa: SLF001
+            for st in added_dirty:
+                trans._dirty.pop(st, None)  # noqa: SLF001
         new = session._new  # noqa: SLF001
         new.clear()
         new.update(self.new)
@@ -600,16 +604,17 @@ def register_persistent(
     # "altered" as persistent ones, and get no pending_to_persistent event
     pending = [st for st in adopted if st in new] if adopted else adopted
     if trans is not None:
+        added_dirty: list[InstanceState[Any]] = []
         if adoption is not None:
-            adoption.transaction = (
-                trans,
-                _weak_dict_copy(trans._new),  # noqa: SLF001
-                _weak_dict_copy(trans._dirty),  # noqa: SLF001
-            )
+            # what the transaction records anew (per adopted object, not per object it holds)
+            adoption.transaction = (trans, _weak_keys_missing(trans._new, pending), added_dirty)  # noqa: SLF001
         _weak_keys_set(trans._new, pending, True)  # noqa: SLF001
         if len(pending) < len(adopted):
             kept = set(pending)
-            _weak_keys_set(trans._dirty, [st for st in adopted if st not in kept], True)  # noqa: SLF001
+            altered = [st for st in adopted if st not in kept]
+            if adoption is not None:
+                added_dirty.extend(_weak_keys_missing(trans._dirty, altered))  # noqa: SLF001
+            _weak_keys_set(trans._dirty, altered, True)  # noqa: SLF001
     if p2p is not None:
         for state in pending:
             p2p(session, state)
@@ -632,22 +637,14 @@ _ADOPTED = {
 }
 
 
-def _weak_dict_copy(wkd: Any) -> Any:
-    """A WeakKeyDictionary's contents, to put back with ``_weak_dict_restore``."""
+def _weak_keys_missing(wkd: Any, keys: Sequence[Any]) -> list[Any]:
+    """The keys a WeakKeyDictionary does not hold, in one C-level pass where it is the
+    standard one (its keys are weak references, equal where their referents are)."""
     data = getattr(wkd, "data", None)
-    if type(wkd) is weakref.WeakKeyDictionary and type(data) is dict:
-        return dict(data)  # its weak references, callbacks and all: no Python-level loop
-    return dict(wkd.items())  # pragma: no cover - another WeakKeyDictionary
-
-
-def _weak_dict_restore(wkd: Any, saved: Any) -> None:
-    data = getattr(wkd, "data", None)
-    if type(wkd) is weakref.WeakKeyDictionary and type(data) is dict:
-        data.clear()
-        data.update(saved)
-        return
-    wkd.clear()  # pragma: no cover - another WeakKeyDictionary
-    wkd.update(saved)  # pragma: no cover
+    if type(wkd) is not weakref.WeakKeyDictionary or type(data) is not dict:
+        return [k for k in keys if k not in wkd]  # pragma: no cover - another implementation
+    held = map(data.__contains__, map(weakref.ref, keys))
+    return list(itertools.compress(keys, map(operator.not_, held)))
 
 
 def _consume(it: Iterable[Any]) -> None:
