@@ -9,7 +9,7 @@ import weakref
 from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, MetaData, String, delete, event, func, select
+from sqlalchemy import ForeignKey, MetaData, String, delete, event, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -55,7 +55,7 @@ def _internals(session: Session, objs: list[Any]) -> list[Any]:
     trans = session._transaction
     out: list[Any] = [session_state(session, objs)]
     for obj in objs:
-        st = _sa_state(obj)
+        st = inspect(obj)
         out.append(
             (
                 sorted(vars(st).items(), key=lambda kv: kv[0]),
@@ -69,12 +69,6 @@ def _internals(session: Session, objs: list[Any]) -> list[Any]:
     out.append(list(session._new))
     out.append(sorted(map(repr, session.identity_map.keys())))
     return out
-
-
-def _sa_state(obj: Any) -> Any:
-    from sqlalchemy import inspect
-
-    return inspect(obj)
 
 
 @pytest.mark.asyncio
@@ -95,7 +89,7 @@ async def test_undone_adoption_leaves_the_objects_as_before(tables: AsyncEngine)
 
         def adopt_and_undo(session: Session) -> None:
             before = _internals(session, objs)
-            states = [_sa_state(o) for o in objs]
+            states = [inspect(o) for o in objs]
             groups = _sa.group_by_mapper(states)
             dicts = _sa.state_dicts(states)
             adoption = _sa.Adoption()
