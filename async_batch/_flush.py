@@ -3121,19 +3121,15 @@ def _split_callable_tables(
     changed = False
     for tables in groups.values():
         sts = [st for table in tables for m in writers[table] for st in by_mapper[m]]
-        n_bad = sum(1 for st in sts if st in bad)
-        if 0 < n_bad < len(sts):
-            names = ", ".join(t.name for t in tables)
-            what = "has a callable default" if len(tables) == 1 else "share a callable default"
-            for st in sts:
-                if st not in bad:
-                    bad.add(st)
-                    reasons.setdefault(
-                        st.manager.mapper,
-                        f"{names} {what} and some of its objects are written natively (it is "
-                        "called in insert order across all of them)",
-                    )
-            changed = True
+        names = ", ".join(t.name for t in tables)
+        what = "has a callable default" if len(tables) == 1 else "share a callable default"
+        changed |= _all_or_none_bad(
+            sts,
+            bad,
+            reasons,
+            f"{names} {what} and some of its objects are written natively (it is called in "
+            "insert order across all of them)",
+        )
     # columns other than the key the database numbers: among the rows leaving one to it
     for table, ms in writers.items():
         meta = metas.get(table)
@@ -3144,19 +3140,32 @@ def _split_callable_tables(
         drawing = [
             st for m in ms for st in by_mapper[m] if _leaves_out(st, infos[m], table, numbered)
         ]
-        n_bad = sum(1 for st in drawing if st in bad)
-        if 0 < n_bad < len(drawing):
-            for st in drawing:
-                if st not in bad:
-                    bad.add(st)
-                    reasons.setdefault(
-                        st.manager.mapper,
-                        f"{table.name} has a column the database numbers from a sequence and "
-                        "some of its objects are written natively (numbered in insert order "
-                        "across all of them)",
-                    )
-            changed = True
+        changed |= _all_or_none_bad(
+            drawing,
+            bad,
+            reasons,
+            f"{table.name} has a column the database numbers from a sequence and some of its "
+            "objects are written natively (numbered in insert order across all of them)",
+        )
     return changed
+
+
+def _all_or_none_bad(
+    sts: list[InstanceState[Any]],
+    bad: set[InstanceState[Any]],
+    reasons: dict[Any, str],
+    reason: str,
+) -> bool:
+    """Where some of ``sts`` are bad (written natively), make them all bad, with ``reason``
+    for their mappers; return whether any became bad."""
+    n_bad = sum(1 for st in sts if st in bad)
+    if not 0 < n_bad < len(sts):
+        return False
+    for st in sts:
+        if st not in bad:
+            bad.add(st)
+            reasons.setdefault(st.manager.mapper, reason)
+    return True
 
 
 def _leaves_out(
