@@ -465,24 +465,13 @@ class Adoption:
     write whose outcome the server had not yet given (``_writer.start_copy``), and the write
     failed. States it left to the session's own method wait in ``slow`` for the outcome."""
 
-    __slots__ = (
-        "committed",
-        "dicts",
-        "expired",
-        "modified",
-        "new",
-        "slow",
-        "states",
-        "transaction",
-    )
+    __slots__ = ("modified", "new", "saved", "slow", "transaction")
 
     def __init__(self) -> None:
-        # every state given, and copies of its __dict__, committed state and expired
-        # attributes from before (taken in C-level passes: cheaper than per adopted state)
-        self.states: list[InstanceState[Any]] = []
-        self.dicts: list[dict[str, Any]] = []
-        self.committed: list[dict[str, Any]] = []
-        self.expired: list[set[str]] = []
+        # per adopted state, copies of its __dict__, committed state and (if any) expired
+        # attributes from before, taken as the adoption reaches it (its memory is at hand
+        # then: a separate pass over every state costs more)
+        self.saved: list[tuple[InstanceState[Any], dict[str, Any], dict[str, Any], Any]] = []
         self.slow: set[InstanceState[Any]] = set()
         self.new: dict[InstanceState[Any], Any] = {}
         self.modified: list[InstanceState[Any]] = []
@@ -490,13 +479,6 @@ class Adoption:
         self.transaction: tuple[Any, list[InstanceState[Any]], list[InstanceState[Any]]] | None = (
             None
         )
-
-    def record(self, session: Session, states: list[InstanceState[Any]]) -> None:
-        self.states = states
-        self.dicts = list(map(dict, map(_state_vars, states)))
-        self.committed = list(map(dict, map(_committed_of, states)))
-        self.expired = list(map(set, map(_expired_attributes_of, states)))
-        self.new = dict(session._new)  # noqa: SLF001
 
     def complete(self, session: Session) -> None:
         """The write succeeded: adopt the rest as the session does."""
@@ -506,18 +488,14 @@ class Adoption:
     def undo(self, session: Session) -> None:
         """The write failed: the states are pending again, as before adoption."""
         id_dict = session.identity_map._dict  # noqa: SLF001
-        slow = self.slow
-        for state, sd, committed, expired in zip(
-            self.states, self.dicts, self.committed, self.expired, strict=True
-        ):
-            if state in slow:
-                continue  # left unchanged
+        for state, sd, committed, expired in self.saved:
             id_dict.pop(state.__dict__["key"], None)
             state.__dict__.clear()
             state.__dict__.update(sd)
             state.committed_state.update(committed)
-            state.expired_attributes.clear()
-            state.expired_attributes.update(expired)
+            if expired is not None:
+                state.expired_attributes.clear()
+                state.expired_attributes.update(expired)
         session.identity_map._modified.update(self.modified)  # noqa: SLF001
         if self.transaction is not None:
             trans, added_new, added_dirty = self.transaction
@@ -528,12 +506,7 @@ class Adoption:
         new = session._new  # noqa: SLF001
         new.clear()
         new.update(self.new)
-        self.states = []
-
-
-_state_vars = operator.attrgetter("__dict__")
-_committed_of = operator.attrgetter("committed_state")
-_expired_attributes_of = operator.attrgetter("expired_attributes")
+        self.saved = []
 
 
 def register_persistent(
@@ -561,9 +534,11 @@ def register_persistent(
     p2p = session.dispatch.pending_to_persistent or None
     slow: set[InstanceState[Any]] = set()
     adopted: list[InstanceState[Any]] = []
+    saved = None
     if adoption is not None:
         assert p2p is None, "an adoption to undo fires no pending_to_persistent events"
-        adoption.record(session, [st for group in groups.values() for st in group])
+        adoption.new = dict(new)
+        saved = adoption.saved
     common = {**_ADOPTED, "_instance_dict": wr}
     for mapper, group in groups.items():
         identity_class = mapper._identity_class  # noqa: SLF001
@@ -587,12 +562,17 @@ def register_persistent(
             if partial or state.key is not None or id_dict.setdefault(key, state) is not state:
                 slow.add(state)
                 continue
+            committed = state.committed_state
+            expired = state.expired_attributes
+            if saved is not None:
+                saved.append(
+                    (state, sd.copy(), committed.copy(), set(expired) if expired else None)
+                )
             sd.update(common)
             sd["key"] = key
-            state.committed_state.clear()
+            committed.clear()
             if "_pending_mutations" in sd:
                 del sd["_pending_mutations"]
-            expired = state.expired_attributes
             if expired:
                 expired.difference_update(d)
             adopted.append(state)

@@ -86,6 +86,8 @@ async def test_undone_adoption_leaves_the_objects_as_before(tables: AsyncEngine)
             objs += [crate, *crate.jars]
         objs[1].content = "changed"  # set twice: one committed-state entry, modified
         s.add_all(objs)
+        # an expired attribute adoption drops (its value is in the dict): restored too
+        inspect(objs[2]).expired_attributes.add("content")
 
         def adopt_and_undo(session: Session) -> None:
             before = _internals(session, objs)
@@ -99,6 +101,8 @@ async def test_undone_adoption_leaves_the_objects_as_before(tables: AsyncEngine)
             adoption.undo(session)
             assert _internals(session, objs) == before
             assert all(st.pending for st in states)
+            assert inspect(objs[2]).expired_attributes == {"content"}
+            inspect(objs[2]).expired_attributes.clear()
 
         await s.run_sync(adopt_and_undo)
         # still the session's pending objects: a flush writes them
