@@ -103,6 +103,20 @@ def registration(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     return run
 
 
+@pytest.fixture
+def bulk_used(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Per flush, whether the bulk step registered the objects (``_sa._register_new``)."""
+    used: list[bool] = []
+    original = _sa._register_new
+
+    def spy(*args: Any) -> bool:
+        used.append(original(*args))
+        return used[-1]
+
+    monkeypatch.setattr(_sa, "_register_new", spy)
+    return used
+
+
 def _native(session: Session) -> None:
     Session._flush(session)
 
@@ -126,30 +140,23 @@ def test_this_sqlalchemy_is_the_copied_one() -> None:
 )
 def test_registration_matches_sqlalchemys_loop(
     registration: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
+    bulk_used: list[bool],
     build: Callable[[], list[Any]],
     bulk: bool,
 ) -> None:
     session = Session()
     session.add_all(build())
     native = registration(session, _native)
-    used: list[bool] = []
-    original = _sa._register_new
-
-    def spy(*args: Any) -> bool:
-        used.append(original(*args))
-        return used[-1]
-
-    monkeypatch.setattr(_sa, "_register_new", spy)
+    assert bulk_used == []  # SQLAlchemy's own _flush
     ours = registration(session, _sa.flush_registering_in_bulk)
-    assert used == [bulk]
+    assert bulk_used == [bulk]
     assert ours == native
     assert native["states"]  # something was registered
     session.close()
 
 
 def test_objects_a_listener_registered_keep_sqlalchemys_loop(
-    registration: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    registration: Callable[..., Any], bulk_used: list[bool]
 ) -> None:
     session = Session()
     objs = _authors()
@@ -161,11 +168,8 @@ def test_objects_a_listener_registered_keep_sqlalchemys_loop(
         flush_context.register_object(inspect(first))
 
     native = registration(session, _native)
-    used: list[bool] = []
-    original = _sa._register_new
-    monkeypatch.setattr(_sa, "_register_new", lambda *a: used.append(original(*a)) or used[-1])
     ours = registration(session, _sa.flush_registering_in_bulk)
-    assert used == [False]
+    assert bulk_used == [False]
     assert ours == native
     session.close()
 
