@@ -664,12 +664,12 @@ _SQLALCHEMY_FLUSH = Session.__dict__["_flush"]
 def bulk_registration_available() -> bool:
     """Whether this SQLAlchemy's ``Session._flush`` is the code
     ``flush_registering_in_bulk`` copies."""
-    digests = {
-        _source_digest(_SQLALCHEMY_FLUSH),
-        _source_digest(unitofwork.UOWTransaction.register_object),
-        _source_digest(Mapper._is_orphan),  # noqa: SLF001
-    }
-    return digests <= _FLUSH_SOURCES
+    return _sources_known(
+        _FLUSH_SOURCES,
+        _SQLALCHEMY_FLUSH,
+        unitofwork.UOWTransaction.register_object,
+        Mapper._is_orphan,  # noqa: SLF001
+    )
 
 
 def _flush_via(flush: Callable[..., None], session: Session, objects: Any) -> None:
@@ -786,21 +786,15 @@ def _register_new(
     states = list(proc)
     if not all(map(session._new.__contains__, states)):  # noqa: SLF001
         return False
-    mappers = list(map(_mapper_of, states))
-    distinct = dict.fromkeys(mappers)
-    if any(m._delete_orphans for mapper in distinct for m in mapper.iterate_to_root()):  # noqa: SLF001
+    # per mapper in order of its first state, each list in proc's order
+    groups = group_by_mapper(states)
+    if any(m._delete_orphans for mapper in groups for m in mapper.iterate_to_root()):  # noqa: SLF001
         return False
     by_mapper = flush_context.mappers
-    for mapper in distinct:
+    for mapper, group in groups.items():
         if mapper not in by_mapper:
             flush_context._per_mapper_flush_actions(mapper)  # noqa: SLF001
-        group = by_mapper[mapper]
-        if len(distinct) == 1:
-            group.update(states)
-        else:
-            group.update(
-                itertools.compress(states, map(operator.is_, mappers, itertools.repeat(mapper)))
-            )
+        by_mapper[mapper].update(group)
     flush_context.states.update(dict.fromkeys(states, _SAVED))
     processed.update(states)
     return True
@@ -833,11 +827,16 @@ def _source_digest(fn: Any) -> str | None:
 @functools.cache
 def fast_expiry_available() -> bool:
     """Whether this SQLAlchemy's commit expiry is the code ``_expire_all`` reproduces."""
-    digests = {
-        _source_digest(InstanceState._expire),  # noqa: SLF001
-        _source_digest(SessionTransaction._remove_snapshot),  # noqa: SLF001
-    }
-    return digests <= _EXPIRE_SOURCES
+    return _sources_known(
+        _EXPIRE_SOURCES,
+        InstanceState._expire,  # noqa: SLF001
+        SessionTransaction._remove_snapshot,  # noqa: SLF001
+    )
+
+
+def _sources_known(known: frozenset[str], *fns: Any) -> bool:
+    """Whether every function's source is one of the ``known`` digests."""
+    return {_source_digest(fn) for fn in fns} <= known
 
 
 def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:
