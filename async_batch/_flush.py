@@ -330,6 +330,8 @@ class FlushRun:
         self._all_written = False
         self._pending: tuple[_writer.PendingCopy, Table, TableWrite] | None = None
         """The last COPY, its rows sent and its outcome not yet read (finalize reads it)."""
+        self._early: _writer.PendingCopy | None = None
+        """The first table's COPY, sent before the keys are copied (``_send_first``)."""
         self._planned: Mapping[Any, list[InstanceState[Any]]] = {}
         self._infos: dict[Any, MapperInfo] = {}
         self._t0 = time.perf_counter()
@@ -520,13 +522,14 @@ class FlushRun:
         adoption.complete(self.session)
 
     def _drop_pending(self) -> None:
-        """The flush failed elsewhere while the last COPY ran: wait for it (the connection is
-        busy until then), whatever its outcome."""
-        if self._pending is not None and self._conn is not None:
-            pending = self._pending[0]
-            self._pending = None
-            with contextlib.suppress(Exception):
-                _writer.finish(self._conn, pending)
+        """The flush failed elsewhere while a COPY ran (the last one, or the first one sent
+        early): wait for it (the connection is busy until then), whatever its outcome."""
+        started = [self._early, self._pending[0] if self._pending is not None else None]
+        self._early = self._pending = None
+        for pending in started:
+            if pending is not None and self._conn is not None:
+                with contextlib.suppress(Exception):
+                    _writer.finish(self._conn, pending)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -1063,11 +1066,6 @@ class FlushRun:
             # Python default now, in the order the rows are built (which the sync below
             # cannot change: no defaulted column is a sync target, checked in _check_sources)
             self._apply_defaults(conn, fast_groups, infos, fast_tables)
-        secondary_rows = self._sync(fast_groups, infos)
-
-        self._mark("rows")
-        # 7. build and write, table by table in dependency order (a table's rows are built
-        #    once the tables before it are written, as the unit of work prepares each INSERT)
         strategy = self.options.strategy
         # composite()'s after_insert listeners: fired once the mapper's tables are written
         finished: dict[Table, list[Any]] = defaultdict(list)
@@ -1076,6 +1074,12 @@ class FlushRun:
                 last = max((ts.table for ts in infos[m].tables), key=self._table_pos.__getitem__)
                 finished[last].append(m)
         per_table = _chunks_per_table(fast_groups, infos)
+        built = self._send_first(conn, fast_tables, fast_groups, finished, per_table, infos, metas)
+        secondary_rows = self._sync(fast_groups, infos)
+
+        self._mark("rows")
+        # 7. build and write, table by table in dependency order (a table's rows are built
+        #    once the tables before it are written, as the unit of work prepares each INSERT)
         # the last COPY of a flush that is all ours: the objects are adopted while the server
         # stores its rows and checks their constraints, undone if it fails (finalize)
         overlap = (
@@ -1087,14 +1091,20 @@ class FlushRun:
             and not _sa.has_p2p_listeners(session)
         )
         for table in fast_tables:
-            jobs = self._build(conn, table, per_table.get(table), infos, metas, secondary_rows)
+            jobs = built.pop(table, None)
+            if jobs is None:
+                jobs = self._build(conn, table, per_table.get(table), infos, metas, secondary_rows)
             self._mark("rows")
             for job, states_for_rows, postfetch in jobs:
                 chosen = _writer.choose(job, strategy)
                 write = TableWrite(job.table_ref, len(job.rows), chosen, 1)
                 returned: list[Any] = []
                 try:
-                    if (
+                    if self._early is not None and table is fast_tables[0]:
+                        # sent before the keys were copied: its outcome
+                        early, self._early = self._early, None
+                        _writer.finish(conn, early)
+                    elif (
                         overlap
                         and chosen == "copy"
                         and table is fast_tables[-1]
@@ -1892,6 +1902,38 @@ class FlushRun:
             seen_pairs.update((rp, other, st) for rp in reverse for st, other in pairs_)
         return secondary
 
+    def _send_first(
+        self,
+        conn: Connection,
+        fast_tables: list[Table],
+        fast_groups: Mapping[Any, list[InstanceState[Any]]],
+        finished: Mapping[Table, list[Any]],
+        per_table: dict[Table, list[tuple[TableSpec, list[InstanceState[Any]]]]],
+        infos: dict[Any, MapperInfo],
+        metas: dict[Table, TableMeta],
+    ) -> dict[Table, list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]]:
+        """Build the first table's rows and send them by COPY before ``_sync`` copies keys
+        along relationships, when none of its copies lands in a column of that table and
+        none fires a listener: the server stores the rows while we copy (``_early``, read
+        where the loop would have written them). Returns the rows built, per table."""
+        first = fast_tables[0]
+        if (
+            len(fast_tables) < 2
+            or first in finished
+            or self._loads
+            or not (self._parents or any(infos[m].relationships for m in fast_groups))
+            or not _sync_misses(first, infos, self._parents)
+        ):
+            return {}
+        jobs = self._build(conn, first, per_table.get(first), infos, metas, {})
+        if len(jobs) == 1 and _writer.choose(jobs[0][0], self.options.strategy) == "copy":
+            try:
+                self._early = _writer.start_copy(conn, jobs[0][0])
+            except BaseException:
+                self._failed_at = self._table_pos[first]
+                raise
+        return {first: jobs}
+
     # -- rows ----------------------------------------------------------------------------------
 
     def _build(
@@ -2505,6 +2547,24 @@ class FlushRun:
 
 
 _Chunk = tuple[str, list[InstanceState[Any]]]
+
+
+def _sync_misses(
+    table: Table, infos: Mapping[Any, MapperInfo], parents: list[tuple[Any, Any, Any]]
+) -> bool:
+    """Whether ``FlushRun._sync`` writes nothing a row of ``table`` holds: no relationship's
+    foreign key column (nor association table) is in it, and no inherited key is copied
+    under another attribute name. (Its copies fire no listener that could touch the table's
+    objects: a key with set listeners or validators keeps the objects it is copied into
+    native.)"""
+    rels = [rel for info in infos.values() for rel in info.relationships]
+    rels += [rel for rel, _parent, _child in parents]
+    for rel in rels:
+        if rel.secondary is table:
+            return False
+        if rel.direction is not MANYTOMANY and any(r.table is table for _l, r in rel.pairs):
+            return False
+    return not any(ts.equated for info in infos.values() for ts in info.tables)
 
 
 def _rows_of(

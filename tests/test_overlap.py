@@ -1,7 +1,11 @@
 """The last COPY of a flush that is all async_batch's own: its objects are adopted while the
 server stores the rows and checks their constraints (``_writer.start_copy``), and the adoption
 is undone exactly if the COPY fails (``_sa.Adoption``). Listeners that could see the adoption,
-or use the connection, before the COPY's outcome is known keep the write waited for first."""
+or use the connection, before the COPY's outcome is known keep the write waited for first.
+
+And the first table's COPY, sent before the keys are copied along relationships when none of
+them lands in its rows (``FlushRun._send_first``): its outcome is read where it would have
+been written."""
 
 from __future__ import annotations
 
@@ -198,3 +202,159 @@ async def test_objects_freed_once_committed(tables: AsyncEngine) -> None:
         refs = [weakref.ref(c) for c in crates]
         del crates
     assert all(r() is None for r in refs)
+
+
+# -- the first table's COPY, sent before the keys are copied along relationships ---------------
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The order in which the flush starts COPYs (by table) and copies keys (``_sync``)."""
+    from async_batch import _flush, _writer
+
+    log: list[str] = []
+    start_copy, sync = _writer.start_copy, _flush.FlushRun._sync
+
+    def spy_start(connection: Any, job: Any) -> Any:
+        log.append(f"copy {job.name}")
+        return start_copy(connection, job)
+
+    def spy_sync(self: Any, *args: Any) -> Any:
+        log.append("sync")
+        return sync(self, *args)
+
+    monkeypatch.setattr(_writer, "start_copy", spy_start)
+    monkeypatch.setattr(_flush.FlushRun, "_sync", spy_sync)
+    return log
+
+
+@pytest.mark.asyncio
+async def test_first_copy_sent_before_the_keys_are_copied(
+    tables: AsyncEngine, sends: list[str]
+) -> None:
+    """The crates' COPY holds no key the flush copies along a relationship (those land in
+    the jars): it is on its way before the jars get their crates' ids, and the flush ends
+    as a native one does."""
+    outcomes = []
+    for batched in (False, True):
+        async with tables.begin() as conn:  # the same ids in both runs
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+        maker = async_sessionmaker(tables)
+        if batched:
+            enable_async_batching(maker, small_flush=0, strategy="copy")
+        async with maker() as s:
+            crates = _crates(5)
+            objs = [o for c in crates for o in (c, *c.jars)]
+            s.add_all(crates)
+            await s.flush()
+            flushed = await s.run_sync(session_state, objs)
+            report = last_flush(s)
+            await s.commit()
+            committed = await s.run_sync(session_state, objs)
+            rows = (await s.execute(select(Jar.content, Crate.label).join(Jar.crate))).all()
+        outcomes.append((flushed, committed, sorted(rows)))
+        if batched:
+            assert report is not None
+            assert report.accelerated == 20
+            assert [(t.table, t.strategy) for t in report.tables] == [
+                ("crate", "copy"),
+                ("jar", "copy"),
+            ]
+    assert sends == ["copy crate", "sync", "copy jar"]
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("at", ["first", "middle", "last"])
+async def test_failed_first_copy_sent_early(tables: AsyncEngine, sends: list[str], at: str) -> None:
+    """The crates' COPY, sent before the keys are copied, fails (a primary key taken behind
+    the session's back): the flush fails where a native one does, the keys copied meanwhile
+    are undone with it, nothing is written, and the objects are written after the
+    rollback."""
+    results = []
+    for batched in (False, True):
+        async with tables.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+        maker = async_sessionmaker(tables)
+        if batched:
+            enable_async_batching(maker, small_flush=0, strategy="copy")
+        async with maker() as s:
+            crates = _crates(6)
+            for i, crate in enumerate(crates):
+                crate.id = 1000 + i
+            bad = {"first": 0, "middle": 3, "last": 5}[at]
+            async with tables.begin() as other:
+                await other.execute(Crate.__table__.insert().values(id=1000 + bad, label="x"))
+            objs = [o for c in crates for o in (c, *c.jars)]
+            s.add_all(crates)
+            with pytest.raises(IntegrityError) as failed:
+                await s.flush()
+            state = await s.run_sync(session_state, objs)
+            report = last_flush(s)
+            await s.rollback()
+            after = await s.run_sync(session_state, objs)
+            async with tables.begin() as other:
+                await other.execute(delete(Crate).where(Crate.id == 1000 + bad))
+            s.add_all(crates)
+            await s.commit()
+            count = await s.scalar(select(func.count()).select_from(Jar))
+            results.append((type(failed.value), state, after, count))
+            if batched:
+                assert report is not None
+                assert report.error is not None
+                assert "COPY crate" in report.error, report.summary()
+    native, ours = results
+    assert sends[:3] == ["copy crate", "sync", "copy crate"]  # the retry sends it early too
+    assert ours == native
+    assert native[3] == 18
+
+
+class Folder(Base):
+    __tablename__ = "folder"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("folder.id"))
+    name: Mapped[str] = mapped_column(String(30))
+    children: Mapped[list[Folder]] = relationship()
+    notes: Mapped[list[Note]] = relationship()
+
+
+class Note(Base):
+    __tablename__ = "note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folder.id"))
+    text: Mapped[str] = mapped_column(String(30))
+
+
+@pytest.mark.asyncio
+async def test_first_copy_waits_for_keys_it_holds(tables: AsyncEngine, sends: list[str]) -> None:
+    """Folders inside new folders: the flush copies keys into the first table's own rows
+    (``parent_id``), so they are copied before its COPY is built and sent, as always."""
+    outcomes = []
+    for batched in (False, True):
+        async with tables.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+        maker = async_sessionmaker(tables)
+        if batched:
+            enable_async_batching(maker, small_flush=0, strategy="copy")
+        async with maker() as s:
+            tops = [
+                Folder(
+                    name=f"f{i}",
+                    children=[Folder(name=f"f{i}{k}") for k in range(2)],
+                    notes=[Note(text=f"n{i}{k}") for k in range(2)],
+                )
+                for i in range(3)
+            ]
+            objs = [o for f in tops for o in (f, *f.children, *f.notes)]
+            s.add_all(tops)
+            await s.commit()
+            report = last_flush(s)
+            outcomes.append(await s.run_sync(session_state, objs))
+        if batched:
+            assert report is not None
+            assert report.accelerated == 15, report.summary()
+    assert sends == ["sync", "copy folder", "copy note"]
+    assert outcomes[0] == outcomes[1]
