@@ -358,3 +358,43 @@ async def test_first_copy_waits_for_keys_it_holds(tables: AsyncEngine, sends: li
             assert report.accelerated == 15, report.summary()
     assert sends == ["sync", "copy folder", "copy note"]
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.asyncio
+async def test_failure_while_first_copy_in_flight(
+    tables: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something fails while the first table's COPY is in flight (here: the key copying
+    itself): the COPY is waited for (the connection is busy until then), the error is the
+    flush's, and after the rollback the same objects are written."""
+    from async_batch import _flush
+
+    sync = _flush.FlushRun._sync
+    calls: list[int] = []
+
+    def failing_sync(self: Any, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            assert self._early is not None  # the crates' COPY is on its way
+            raise RuntimeError("boom while copying keys")
+        return sync(self, *args)
+
+    monkeypatch.setattr(_flush.FlushRun, "_sync", failing_sync)
+    maker = async_sessionmaker(tables)
+    enable_async_batching(maker, small_flush=0, strategy="copy")
+    async with maker() as s:
+        crates = _crates(5)
+        objs = [o for c in crates for o in (c, *c.jars)]
+        before = await s.run_sync(session_state, objs)
+        s.add_all(crates)
+        with pytest.raises(RuntimeError, match="boom"):
+            await s.flush()
+        await s.rollback()
+        assert await s.run_sync(session_state, objs) == before
+        s.add_all(crates)
+        await s.commit()
+        report = last_flush(s)
+        assert report is not None
+        assert report.accelerated == 20, report.summary()
+        assert await s.scalar(select(func.count()).select_from(Jar)) == 15
+        assert await s.scalar(select(func.count()).select_from(Crate)) == 5
