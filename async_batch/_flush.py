@@ -1913,9 +1913,9 @@ class FlushRun:
         metas: dict[Table, TableMeta],
     ) -> dict[Table, list[tuple[_writer.TableJob, list[InstanceState[Any]], list[Any]]]]:
         """Build the first table's rows and send them by COPY before ``_sync`` copies keys
-        along relationships, when none of its copies lands in a column of that table and
-        none fires a listener: the server stores the rows while we copy (``_early``, read
-        where the loop would have written them). Returns the rows built, per table."""
+        along relationships, when none of its copies lands in a column of that table
+        (``_sync_misses``): the server stores the rows while we copy (``_early``, its outcome
+        read where the loop would have written them). Returns the rows built, per table."""
         first = fast_tables[0]
         if (
             len(fast_tables) < 2
