@@ -54,6 +54,18 @@ def _crates(n: int) -> list[Crate]:
     ]
 
 
+async def _fresh_maker(engine: AsyncEngine, batched: bool) -> async_sessionmaker[AsyncSession]:
+    """Empty tables with their sequences restarted (the same ids in every run), and a
+    sessionmaker: batched with COPY for every table, or native."""
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+    maker = async_sessionmaker(engine)
+    if batched:
+        enable_async_batching(maker, small_flush=0, strategy="copy")
+    return maker
+
+
 def _internals(session: Session, objs: list[Any]) -> list[Any]:
     """Everything adoption changes, down to the states' own attributes."""
     trans = session._transaction
@@ -121,12 +133,7 @@ async def test_adoption_waits_for_a_failed_last_copy(tables: AsyncEngine) -> Non
     nothing is written, and the corrected objects are written after the rollback."""
     results = []
     for batched in (False, True):
-        async with tables.begin() as conn:  # the same ids in both runs
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-        maker = async_sessionmaker(tables)
-        if batched:
-            enable_async_batching(maker, small_flush=0, strategy="copy")
+        maker = await _fresh_maker(tables, batched)
         async with maker() as s:
             crates = _crates(4)
             jars = [j for c in crates for j in c.jars]
@@ -237,12 +244,7 @@ async def test_first_copy_sent_before_the_keys_are_copied(
     as a native one does."""
     outcomes = []
     for batched in (False, True):
-        async with tables.begin() as conn:  # the same ids in both runs
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-        maker = async_sessionmaker(tables)
-        if batched:
-            enable_async_batching(maker, small_flush=0, strategy="copy")
+        maker = await _fresh_maker(tables, batched)
         async with maker() as s:
             crates = _crates(5)
             objs = [o for c in crates for o in (c, *c.jars)]
@@ -274,12 +276,7 @@ async def test_failed_first_copy_sent_early(tables: AsyncEngine, sends: list[str
     rollback."""
     results = []
     for batched in (False, True):
-        async with tables.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-        maker = async_sessionmaker(tables)
-        if batched:
-            enable_async_batching(maker, small_flush=0, strategy="copy")
+        maker = await _fresh_maker(tables, batched)
         async with maker() as s:
             crates = _crates(6)
             for i, crate in enumerate(crates):
@@ -333,12 +330,7 @@ async def test_first_copy_waits_for_keys_it_holds(tables: AsyncEngine, sends: li
     (``parent_id``), so they are copied before its COPY is built and sent, as always."""
     outcomes = []
     for batched in (False, True):
-        async with tables.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.run_sync(Base.metadata.create_all)
-        maker = async_sessionmaker(tables)
-        if batched:
-            enable_async_batching(maker, small_flush=0, strategy="copy")
+        maker = await _fresh_maker(tables, batched)
         async with maker() as s:
             tops = [
                 Folder(
