@@ -1827,11 +1827,21 @@ class FlushRun:
             missing = [st for st in sts if st not in links]
             if missing:
                 related_states_many(missing, info, dicts, links)
-            # per relationship: (the other side's manager, the pairs) last used with it
+            # per relationship: (the other side's manager, the pairs and the stages) last
+            # used with it
             last: dict[int, tuple[Any, Any, int, int]] = {}
+            # the last link's relationship and other side's manager, and what they decide
+            # (consecutive links usually share them: a collection's members, one
+            # relationship of consecutive objects)
+            cur_rel: Any = None
+            cur_om: Any = None
+            direction: Any = None
+            link_pairs: list[tuple[Any, str, str, bool]] = []
+            src_stage = dst_stage = 0
             for st in sts:
                 for rel, other in links[st]:
-                    direction = rel.direction
+                    if rel is not cur_rel:
+                        cur_rel, cur_om, direction = rel, None, rel.direction
                     if direction is MANYTOONE:
                         if other is None:
                             stage = stage_of(st, _BEFORE_SAVED)
@@ -1850,23 +1860,24 @@ class FlushRun:
                         continue
                     # ``sync.populate``: the referenced columns of ``src`` into the foreign
                     # key columns of ``dst``, as ``_set`` does (inlined: once per link)
+                    om = other.manager
+                    if om is not cur_om:
+                        hit = last.get(id(rel))
+                        if hit is None or hit[0] is not om:
+                            # natively copied once the source's rows are written (a
+                            # persistent source: just before the destination's INSERT)
+                            hit = last[id(rel)] = (
+                                om,
+                                pairs_for(rel, src, dst),
+                                stage_of(src, _COPIED),
+                                stage_of(dst, _BEFORE_SAVED),
+                            )
+                        cur_om, link_pairs, src_stage, dst_stage = hit
                     sd = dicts.get(src)
                     dd = dicts.get(dst)
                     if dd is None:
                         dd = dst.dict
-                    om = other.manager
-                    hit = last.get(id(rel))
-                    if hit is None or hit[0] is not om:
-                        # natively copied once the source's rows are written (a persistent
-                        # source: just before the destination's INSERT)
-                        hit = last[id(rel)] = (
-                            om,
-                            pairs_for(rel, src, dst),
-                            stage_of(src, _COPIED),
-                            stage_of(dst, _BEFORE_SAVED),
-                        )
-                    stage = hit[2] if src.key is None else hit[3]
-                    for left, sk, dk, plain in hit[1]:
+                    for left, sk, dk, plain in link_pairs:
                         v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
                         old = dd.get(dk, _MISSING)
                         if plain:
@@ -1874,10 +1885,12 @@ class FlushRun:
                                 old is not _MISSING and old == v and type(old) is type(v)
                             ):
                                 continue
+                            stage = src_stage if src.key is None else dst_stage
                             undo.append((dst, dk, old, stage, True))
                             dd[dk] = v
                         else:
                             # set events and validators fire on every copy, as natively
+                            stage = src_stage if src.key is None else dst_stage
                             undo.append((dst, dk, old, stage, True))
                             self._set_attr(dst, dd, dk, v, stage)
         # association rows relationship by relationship, as ManyToManyDP writes them: a link
