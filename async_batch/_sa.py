@@ -840,6 +840,85 @@ def _sources_known(known: frozenset[str], *fns: Any) -> bool:
 
 
 def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:
+    """``state._expire(state.dict, modified_set)`` for every state: class by class, each of
+    ``_expire``'s steps in a C-level pass over the class's states (``_expire_class``), where
+    no class has ``expire`` listeners (they are called object by object, in order) and the
+    states are of at most 8 classes; otherwise object by object (``_expire_each``)."""
+    states = list(states)
+    of_states = list(map(_manager_of_state, states))
+    # keyed by id: a ClassManager's __hash__ is a Python-level method
+    mids = list(map(id, of_states))
+    managers = dict(zip(mids, of_states, strict=True))
+    if len(managers) > 8 or any(m.dispatch.expire for m in managers.values()):
+        _expire_each(states, modified_set)
+        return
+    for mid, manager in managers.items():
+        if len(managers) == 1:
+            group = states
+        else:
+            group = list(itertools.compress(states, map(operator.eq, mids, itertools.repeat(mid))))
+        _expire_class(group, manager, modified_set)
+
+
+_manager_of_state = operator.attrgetter("manager")
+_vars_of = operator.attrgetter("__dict__")
+_expired_attributes_of = operator.attrgetter("expired_attributes")
+_adapter_of = operator.attrgetter("_sa_adapter")
+_ABSENT = object()
+
+
+def _run_all(it: Iterable[Any]) -> None:
+    collections.deque(it, maxlen=0)
+
+
+def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: set[Any]) -> None:
+    """``InstanceState._expire`` for states of one class without ``expire`` listeners: each
+    step of it for all the states, in its order. What differs from object-by-object is only
+    when objects that nothing else references are freed (a popped collection's members):
+    at the end of the class's pass instead of at once. Such an object's state is expired
+    with its instance dict instead of the empty one a freed object's ``state.dict`` gives."""
+    repeat = itertools.repeat
+    sds = list(map(_vars_of, states))
+    modified = list(map(dict.get, sds, repeat("modified")))
+    if any(modified):
+        for st, sd in itertools.compress(zip(states, sds, strict=True), modified):
+            modified_set.discard(st)
+            st.committed_state.clear()
+            sd["modified"] = False
+    _run_all(map(dict.update, sds, repeat(_EXPIRED)))
+    _run_all(map(dict.pop, sds, repeat("_pending_mutations"), repeat(None)))
+    _run_all(map(dict.pop, sds, repeat("parents"), repeat(None)))
+    loader_keys = [impl.key for impl in manager._loader_impls]  # noqa: SLF001
+    _run_all(map(set.update, map(_expired_attributes_of, states), repeat(loader_keys)))
+    callables = list(map(dict.get, sds, repeat("callables")))
+    if any(callables):
+        for st, cb in zip(states, callables, strict=True):
+            if cb:
+                for k in st.expired_attributes.intersection(cb):
+                    del cb[k]
+    objs = list(map(_obj_of, states))
+    live = list(map(operator.is_not, objs, repeat(None)))
+    if live.count(True) < len(live):
+        objs = list(itertools.compress(objs, live))
+        sds = list(itertools.compress(sds, live))
+    dicts = list(map(orm_base.instance_dict, objs))
+    for k in manager._collection_impl_keys:  # noqa: SLF001
+        popped = list(map(dict.pop, dicts, repeat(k), repeat(_ABSENT)))
+        for adapter in map(
+            _adapter_of,
+            itertools.compress(popped, map(operator.is_not, popped, repeat(_ABSENT))),
+        ):
+            adapter.invalidated = True
+    known = list(map(dict.get, sds, repeat("_last_known_values")))
+    if any(known):
+        for lkv, dict_ in zip(known, dicts, strict=True):
+            if lkv:
+                lkv.update({k: dict_[k] for k in lkv if k in dict_})
+    for key in manager._all_key_set:  # noqa: SLF001
+        _run_all(map(dict.pop, dicts, repeat(key), repeat(None)))
+
+
+def _expire_each(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:
     """``state._expire(state.dict, modified_set)`` for every state, statement for statement
     (see ``InstanceState._expire``), with what depends only on the class manager looked up
     once per manager instead of once per object, and the state's plain attributes read and

@@ -5,6 +5,7 @@ mutations, modified objects, ``expire`` instance events -- and is used only wher
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -73,20 +74,56 @@ async def _world(engine: AsyncEngine) -> tuple[AsyncSession, list[Any]]:
         .unique()
         .all()
     )
+    # an instance-level loader for a column the mapping loads (a callable expiry drops)
     deferred_one = (
-        await s.scalars(select(Shelf).options(defer(Shelf.notes)).where(Shelf.id == 1))
+        await s.scalars(
+            select(Shelf)
+            .options(defer(Shelf.label))
+            .where(Shelf.id == 1)
+            .execution_options(populate_existing=True)
+        )
     ).one()
+    assert "label" in inspect(deferred_one).callables
     lazy_book = (await s.scalars(select(Book).where(Book.id == 3))).one()
     # not flushed: both worlds would update the same row and wait on each other's lock
+    # a persistent object moved to another collection records that parent (its back
+    # reference's old value is read from the identity map)
+    await s.run_sync(lambda _s: shelves[0].books.append(shelves[2].books[0]))
+    assert "parents" in vars(inspect(shelves[0].books[-1]))
     shelves[0].label = "changed"  # modified, with committed state
     shelves[1].books.append(Book(title="new"))  # a changed collection, a pending object
     shelves[2].scratch = "kept"  # an attribute that is not mapped: expiry keeps it
+    # a comparison against an object tracks its key's last known value (kept on expiry)
+    select(Book).where(Book.shelf == shelves[1]).compile()
     objs = [*shelves, deferred_one, lazy_book, *shelves[1].books]
     return s, objs
 
 
+@pytest.fixture(params=["with expire listeners", "without"])
+def listened(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """With ``expire`` listeners the objects are expired one by one (``_expire_each``),
+    without them class by class (``_expire_class``)."""
+    if request.param == "with expire listeners":
+        yield True
+        return
+    for cls in (Shelf, Book):
+        event.remove(cls, "expire", _on_expire)
+    try:
+        yield False
+    finally:
+        for cls in (Shelf, Book):
+            event.listen(cls, "expire", _on_expire)
+
+
 @pytest.mark.asyncio
-async def test_expire_all_matches_instance_state_expire(tables: AsyncEngine) -> None:
+async def test_expire_all_matches_instance_state_expire(
+    tables: AsyncEngine, listened: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # which way each expiry took
+    ways: list[str] = []
+    for way in ("_expire_each", "_expire_class"):
+        fn = getattr(_sa, way)
+        monkeypatch.setattr(_sa, way, lambda *a, _fn=fn, _way=way: (ways.append(_way), _fn(*a))[1])
     native, native_objs = await _world(tables)
     ours, ours_objs = await _world(tables)
     try:
@@ -100,6 +137,10 @@ async def test_expire_all_matches_instance_state_expire(tables: AsyncEngine) -> 
             idmap = session.identity_map
             _sa._expire_all(idmap.all_states(), idmap._modified)
 
+        # the loaded collections, popped out of the dicts by expiry
+        native_books = [vars(o).get("books") for o in native_objs]
+        ours_books = [vars(o).get("books") for o in ours_objs]
+        assert any(b is not None for b in ours_books)
         EXPIRED.clear()
         await native.run_sync(expire_native)
         native_events = list(EXPIRED)
@@ -110,15 +151,26 @@ async def test_expire_all_matches_instance_state_expire(tables: AsyncEngine) -> 
             native.sync_session, native_objs
         )
         assert ours_events == native_events
-        assert native_events
+        assert bool(native_events) == listened
+        assert ways == (["_expire_each"] if listened else ["_expire_class", "_expire_class"])
+        # the compared object's key value, as last known before expiry
+        assert inspect(ours_objs[1])._last_known_values == {"id": inspect(ours_objs[1]).key[1][0]}
         # loader callables and the collections popped out of the dicts, object by object
         for a, b in zip(native_objs, ours_objs, strict=True):
             sa, sb = inspect(a), inspect(b)
             assert sorted(sa.callables) == sorted(sb.callables)
+            assert sa._last_known_values == sb._last_known_values
+            # what the states hold (the parents they were attached through dropped, ...)
+            assert sorted(vars(sa)) == sorted(vars(sb))
             assert sa.expired == sb.expired
             assert (sa._strong_obj is None) == (sb._strong_obj is None)
             # what stays in the instance dicts, in order
             assert list(vars(a)) == list(vars(b))
+        for na, nb in zip(native_books, ours_books, strict=True):
+            assert (na is None) == (nb is None)
+            if na is not None:
+                assert na._sa_adapter.invalidated
+                assert nb._sa_adapter.invalidated
         assert vars(ours_objs[2])["scratch"] == "kept"
     finally:
         await native.rollback()
@@ -172,3 +224,51 @@ def test_known_sources_are_this_sqlalchemy() -> None:
     # both supported series ship the expiry code _expire_all reproduces; a release that
     # changes it must be looked at (and its digest added) before the fast path applies again
     assert _sa.fast_expiry_available()
+
+
+def _state_view(st: Any) -> tuple[Any, ...]:
+    """What expiry sets on a state (its object possibly gone)."""
+    return (
+        st.expired,
+        sorted(st.expired_attributes),
+        sorted(st.callables),
+        st._strong_obj is None,
+        sorted(vars(st)),
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("listened", ["with expire listeners", "without"], indirect=True)
+async def test_objects_freed_during_expiry(tables: AsyncEngine, listened: bool) -> None:
+    """Books referenced only by their shelves' collections are freed as the commit's expiry
+    pops those collections; their states, expired after that, end up as natively (and the
+    identity map lets them go)."""
+    outcomes = []
+    for batched in (False, True):
+        maker = async_sessionmaker(tables)
+        if batched:
+            enable_async_batching(maker, small_flush=0)
+        async with maker() as s:
+            shelves = [
+                Shelf(label=f"freed {i}", books=[Book(title=f"f{i}.{j}") for j in range(3)])
+                for i in range(4)
+            ]
+            s.add_all(shelves)
+            book_states = [inspect(b) for sh in shelves for b in sh.books]
+            await s.flush()
+            if batched:
+                report = last_flush(s)
+                assert report is not None
+                assert report.accelerated == 16
+            await s.commit()
+            outcomes.append(
+                (
+                    [st.obj() is None for st in book_states],
+                    [_state_view(st) for st in book_states],
+                    [_state_view(inspect(sh)) for sh in shelves],
+                    len(s.sync_session.identity_map),
+                )
+            )
+    native, ours = outcomes
+    assert all(native[0])  # the books are gone
+    assert ours == native
