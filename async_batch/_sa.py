@@ -878,6 +878,9 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
     at the end of the class's pass instead of at once. Such an object's state is expired
     with its instance dict instead of the empty one a freed object's ``state.dict`` gives."""
     repeat = itertools.repeat
+    # the objects, before their states let go of them (``_strong_obj``): natively each
+    # object's dict is read before its own state lets go of it
+    objs = list(map(_obj_of, states))
     sds = list(map(_vars_of, states))
     modified = list(map(dict.get, sds, repeat("modified")))
     if any(modified):
@@ -896,7 +899,6 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
             if cb:
                 for k in st.expired_attributes.intersection(cb):
                     del cb[k]
-    objs = list(map(_obj_of, states))
     live = list(map(operator.is_not, objs, repeat(None)))
     if live.count(True) < len(live):
         objs = list(itertools.compress(objs, live))

@@ -17,6 +17,7 @@ from sqlalchemy.orm import (
     Session,
     defer,
     deferred,
+    make_transient_to_detached,
     mapped_column,
     relationship,
     selectinload,
@@ -272,3 +273,29 @@ async def test_objects_freed_during_expiry(tables: AsyncEngine, listened: bool) 
     native, ours = outcomes
     assert all(native[0])  # the books are gone
     assert ours == native
+
+
+@pytest.mark.parametrize("listened", ["with expire listeners", "without"], indirect=True)
+def test_expiry_of_an_object_only_its_state_holds(listened: bool) -> None:
+    """A modified object nothing but its state holds (``_strong_obj``) is let go by its own
+    expiry; what expiry reads from its dict (the last known key value) it still reads."""
+    outcomes = []
+    for ours in (False, True):
+        s = Session()
+        shelf = Shelf(id=7, label="held by its state")
+        make_transient_to_detached(shelf)
+        s.add(shelf)
+        shelf.label = "changed"
+        select(Book).where(Book.shelf == shelf)  # tracks the key's last known value
+        st = inspect(shelf)
+        del shelf
+        assert st.obj() is not None
+        modified = s.identity_map._modified
+        if ours:
+            _sa._expire_all(s.identity_map.all_states(), modified)
+        else:
+            for each in s.identity_map.all_states():
+                each._expire(each.dict, modified)
+        outcomes.append((st.obj() is None, dict(st._last_known_values or {}), st.expired))
+    assert outcomes[0] == (True, {"id": 7}, True)
+    assert outcomes[1] == outcomes[0]
