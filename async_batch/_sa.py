@@ -867,10 +867,6 @@ _adapter_of = operator.attrgetter("_sa_adapter")
 _ABSENT = object()
 
 
-def _run_all(it: Iterable[Any]) -> None:
-    collections.deque(it, maxlen=0)
-
-
 def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: set[Any]) -> None:
     """``InstanceState._expire`` for states of one class without ``expire`` listeners: each
     step of it for all the states, in its order. What differs from object-by-object is only
@@ -888,11 +884,11 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
             modified_set.discard(st)
             st.committed_state.clear()
             sd["modified"] = False
-    _run_all(map(dict.update, sds, repeat(_EXPIRED)))
-    _run_all(map(dict.pop, sds, repeat("_pending_mutations"), repeat(None)))
-    _run_all(map(dict.pop, sds, repeat("parents"), repeat(None)))
+    _consume(map(dict.update, sds, repeat(_EXPIRED)))
+    _consume(map(dict.pop, sds, repeat("_pending_mutations"), repeat(None)))
+    _consume(map(dict.pop, sds, repeat("parents"), repeat(None)))
     loader_keys = [impl.key for impl in manager._loader_impls]  # noqa: SLF001
-    _run_all(map(set.update, map(_expired_attributes_of, states), repeat(loader_keys)))
+    _consume(map(set.update, map(_expired_attributes_of, states), repeat(loader_keys)))
     callables = list(map(dict.get, sds, repeat("callables")))
     if any(callables):
         for st, cb in zip(states, callables, strict=True):
@@ -917,7 +913,7 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
             if lkv:
                 lkv.update({k: dict_[k] for k in lkv if k in dict_})
     for key in manager._all_key_set:  # noqa: SLF001
-        _run_all(map(dict.pop, dicts, repeat(key), repeat(None)))
+        _consume(map(dict.pop, dicts, repeat(key), repeat(None)))
 
 
 def _expire_each(states: Iterable[InstanceState[Any]], modified_set: set[Any]) -> None:
