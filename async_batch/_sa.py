@@ -469,10 +469,20 @@ class Adoption:
     __slots__ = ("modified", "new", "saved", "slow", "transaction")
 
     def __init__(self) -> None:
-        # per adopted state, copies of its __dict__, committed state and (if any) expired
-        # attributes from before, taken as the adoption reaches it (its memory is at hand
-        # then: a separate pass over every state costs more)
-        self.saved: list[tuple[InstanceState[Any], dict[str, Any], dict[str, Any], Any]] = []
+        # per group of adopted states, in C-level passes rather than copies per state:
+        # (states, their __dict__s, per key adoption sets or pops the values before --
+        # _ABSENT: no entry; None for the key: no state had one --, their committed-state
+        # dicts from before (adoption gives each a new one), copies of their expired
+        # attributes (None: no state had any))
+        self.saved: list[
+            tuple[
+                list[InstanceState[Any]],
+                list[dict[str, Any]],
+                dict[str, list[Any] | None],
+                list[dict[str, Any]],
+                list[set[str] | None] | None,
+            ]
+        ] = []
         self.slow: set[InstanceState[Any]] = set()
         self.new: dict[InstanceState[Any], Any] = {}
         self.modified: list[InstanceState[Any]] = []
@@ -489,14 +499,25 @@ class Adoption:
     def undo(self, session: Session) -> None:
         """The write failed: the states are pending again, as before adoption."""
         id_dict = session.identity_map._dict  # noqa: SLF001
-        for state, sd, committed, expired in self.saved:
-            id_dict.pop(state.__dict__["key"], None)
-            state.__dict__.clear()
-            state.__dict__.update(sd)
-            state.committed_state.update(committed)
-            if expired is not None:
-                state.expired_attributes.clear()
-                state.expired_attributes.update(expired)
+        for states, sds, before, committeds, expireds in self.saved:
+            for sd in sds:
+                id_dict.pop(sd["key"], None)
+            for key, values in before.items():
+                if values is None:
+                    for sd in sds:
+                        sd.pop(key, None)
+                    continue
+                for sd, value in zip(sds, values, strict=True):
+                    if value is _ABSENT:
+                        sd.pop(key, None)
+                    else:
+                        sd[key] = value
+            _consume(map(_set_committed_state, states, committeds))
+            if expireds is not None:
+                for state, expired in zip(states, expireds, strict=True):
+                    if expired is not None:
+                        state.expired_attributes.clear()
+                        state.expired_attributes.update(expired)
         session.identity_map._modified.update(self.modified)  # noqa: SLF001
         if self.transaction is not None:
             trans, added_new, added_dirty = self.transaction
@@ -541,49 +562,90 @@ def register_persistent(
         adoption.new = dict(new)
         saved = adoption.saved
     common = {**_ADOPTED, "_instance_dict": wr}
+    repeat = itertools.repeat
     for mapper, group in groups.items():
+        # each step in a C-level pass over the group: the same steps per state as
+        # Session._register_persistent's, in the order that matters (the identity map's
+        # setdefault in the group's order decides which of two equal keys is adopted)
         identity_class = mapper._identity_class  # noqa: SLF001
         keys = [p.key for p in mapper._identity_key_props]  # noqa: SLF001
-        single = keys[0] if len(keys) == 1 else None
-        for state in group:
-            d = dicts[state]
-            if single is not None:
-                v = d.get(single)
-                ident: tuple[Any, ...] = (v,)
-                partial = v is None
-            else:
-                ident = tuple([d.get(k) for k in keys])
-                partial = None in ident
-            # the attributes InstanceState keeps in its __dict__ (plain class-level defaults,
-            # no descriptors), set as _register_persistent and _commit_all_states set them
-            sd = state.__dict__
-            # the identity token: None, unless the object was loaded with one (and then made
-            # transient)
-            key = (identity_class, ident, sd.get("identity_token"))
-            if partial or state.key is not None or id_dict.setdefault(key, state) is not state:
-                slow.add(state)
-                continue
-            committed = state.committed_state
-            expired = state.expired_attributes
-            if saved is not None:
-                saved.append(
-                    (state, sd.copy(), committed.copy(), set(expired) if expired else None)
+        ds = list(map(dicts.__getitem__, group))
+        if len(keys) == 1:
+            values = list(map(dict.get, ds, repeat(keys[0])))
+            idents: list[tuple[Any, ...]] = list(zip(values))
+            partial = list(map(operator.is_, values, repeat(None)))
+        else:
+            idents = list(zip(*[map(dict.get, ds, repeat(k)) for k in keys], strict=True))
+            partial = list(map(operator.contains, idents, repeat(None)))
+        # the attributes InstanceState keeps in its __dict__ (plain class-level defaults, no
+        # descriptors), set as _register_persistent and _commit_all_states set them
+        sds = list(map(_vars_of, group))
+        # the identity token: None, unless the object was loaded with one (and then made
+        # transient)
+        ikeys = list(
+            zip(
+                repeat(identity_class),
+                idents,
+                map(dict.get, sds, repeat("identity_token")),
+                strict=False,
+            )
+        )
+        # a partial key or a state with a key already: the session's own method
+        unfit = list(
+            map(
+                operator.or_,
+                partial,
+                map(operator.is_not, map(dict.get, sds, repeat("key")), repeat(None)),
+            )
+        )
+        if any(unfit):
+            slow.update(itertools.compress(group, unfit))
+            fit = list(map(operator.not_, unfit))
+            group = list(itertools.compress(group, fit))
+            ds = list(itertools.compress(ds, fit))
+            sds = list(itertools.compress(sds, fit))
+            ikeys = list(itertools.compress(ikeys, fit))
+        # a key the map holds already (another object's, or a second object's of this flush)
+        placed = list(map(operator.is_, map(id_dict.setdefault, ikeys, group), group))
+        if placed.count(True) < len(placed):
+            slow.update(itertools.compress(group, map(operator.not_, placed)))
+            group = list(itertools.compress(group, placed))
+            ds = list(itertools.compress(ds, placed))
+            sds = list(itertools.compress(sds, placed))
+            ikeys = list(itertools.compress(ikeys, placed))
+        committeds = list(map(_committed_state_of, group))
+        expireds = list(map(_expired_attributes_of, group))
+        any_expired = any(expireds)
+        if saved is not None:
+            saved.append(
+                (
+                    list(group),
+                    sds,
+                    {k: _values_before(sds, k) for k in _ADOPTION_KEYS},
+                    committeds,
+                    list(map(_copy_or_none, expireds)) if any_expired else None,
                 )
-            sd.update(common)
-            sd["key"] = key
-            committed.clear()
-            if "_pending_mutations" in sd:
-                del sd["_pending_mutations"]
-            if expired:
-                expired.difference_update(d)
-            adopted.append(state)
+            )
+        _consume(map(dict.update, sds, repeat(common)))
+        _consume(map(operator.setitem, sds, repeat("key"), ikeys))
+        if saved is not None:
+            # the committed states from before stay as they were, for the undo
+            _consume(map(_set_committed_state, group, iter(dict, None)))
+        else:
+            _consume(map(dict.clear, committeds))
+        _consume(map(dict.pop, sds, repeat("_pending_mutations"), repeat(None)))
+        if any_expired:
+            for expired, d in zip(expireds, ds, strict=True):
+                if expired:
+                    expired.difference_update(d)
+        adopted.extend(group)
     if modified:
         if adoption is not None:
             adoption.modified = [st for st in adopted if st in modified]
         modified.difference_update(adopted)
     # those still pending (an after_flush listener may have expunged some): the others are
     # "altered" as persistent ones, and get no pending_to_persistent event
-    pending = [st for st in adopted if st in new] if adopted else adopted
+    pending = list(itertools.compress(adopted, map(new.__contains__, adopted)))
     if trans is not None:
         added_dirty: list[InstanceState[Any]] = []
         if adoption is not None:
@@ -610,12 +672,26 @@ def register_persistent(
         session._register_persistent(slow)  # noqa: SLF001
 
 
+def _copy_or_none(s: set[Any]) -> set[Any] | None:
+    return set(s) if s else None
+
+
+def _values_before(sds: list[dict[str, Any]], key: str) -> list[Any] | None:
+    """Each dict's value of ``key`` (``_ABSENT``: none), or None where no dict has one."""
+    if not any(map(dict.__contains__, sds, itertools.repeat(key))):
+        return None
+    return list(map(dict.get, sds, itertools.repeat(key), itertools.repeat(_ABSENT)))
+
+
 _ADOPTED = {
     "_orphaned_outside_of_session": False,
     "modified": False,
     "expired": False,
     "_strong_obj": None,
 }
+_ADOPTION_KEYS = (*_ADOPTED, "_instance_dict", "key", "_pending_mutations")
+"""The keys of a state's ``__dict__`` that ``register_persistent`` sets or pops."""
+_set_committed_state = InstanceState.committed_state.__set__  # type: ignore[attr-defined]
 
 
 def _weak_keys_missing(wkd: Any, keys: Sequence[Any]) -> list[Any]:
@@ -624,6 +700,8 @@ def _weak_keys_missing(wkd: Any, keys: Sequence[Any]) -> list[Any]:
     data = getattr(wkd, "data", None)
     if type(wkd) is not weakref.WeakKeyDictionary or type(data) is not dict:
         return [k for k in keys if k not in wkd]  # pragma: no cover - another implementation
+    if not data:
+        return list(keys)
     held = map(data.__contains__, map(weakref.ref, keys))
     return list(itertools.compress(keys, map(operator.not_, held)))
 
@@ -863,6 +941,7 @@ def _expire_all(states: Iterable[InstanceState[Any]], modified_set: set[Any]) ->
 _manager_of_state = operator.attrgetter("manager")
 _vars_of = operator.attrgetter("__dict__")
 _expired_attributes_of = operator.attrgetter("expired_attributes")
+_committed_state_of = operator.attrgetter("committed_state")
 _adapter_of = operator.attrgetter("_sa_adapter")
 _ABSENT = object()
 
