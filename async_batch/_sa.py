@@ -966,7 +966,8 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
     _consume(map(dict.update, sds, repeat(_EXPIRED)))
     _consume(map(dict.pop, sds, repeat("_pending_mutations"), repeat(None)))
     _consume(map(dict.pop, sds, repeat("parents"), repeat(None)))
-    loader_keys = [impl.key for impl in manager._loader_impls]  # noqa: SLF001
+    # merged from a set: one resize of each state's set instead of growing key by key
+    loader_keys = {impl.key for impl in manager._loader_impls}  # noqa: SLF001
     _consume(map(set.update, map(_expired_attributes_of, states), repeat(loader_keys)))
     callables = list(map(dict.get, sds, repeat("callables")))
     if any(callables):
