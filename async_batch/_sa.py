@@ -691,7 +691,16 @@ _ADOPTED = {
 }
 _ADOPTION_KEYS = (*_ADOPTED, "_instance_dict", "key", "_pending_mutations")
 """The keys of a state's ``__dict__`` that ``register_persistent`` sets or pops."""
-_set_committed_state = InstanceState.committed_state.__set__  # type: ignore[attr-defined]
+
+
+def _set_committed_state_attr(state: InstanceState[Any], value: dict[str, Any]) -> None:
+    state.committed_state = value  # pragma: no cover - a SQLAlchemy without the slot
+
+
+# the slot's own setter (C-level) where InstanceState keeps committed_state in a slot
+_set_committed_state: Callable[[InstanceState[Any], dict[str, Any]], None] = getattr(
+    InstanceState.__dict__.get("committed_state"), "__set__", _set_committed_state_attr
+)
 
 
 def _weak_keys_missing(wkd: Any, keys: Sequence[Any]) -> list[Any]:
