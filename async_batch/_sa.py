@@ -611,7 +611,13 @@ def register_persistent(
             sds = list(itertools.compress(sds, fit))
             ikeys = list(itertools.compress(ikeys, fit))
         # a key the map holds already (another object's, or a second object's of this flush)
-        placed = list(map(operator.is_, map(id_dict.setdefault, ikeys, group), group))
+        try:
+            placed = list(map(operator.is_, map(id_dict.setdefault, ikeys, group), group))
+        except BaseException:
+            # a key that cannot be hashed (natively the same error): the map as it was,
+            # with no entry for a state that has no key
+            _unplace(id_dict, ikeys, group)
+            raise
         if placed.count(True) < len(placed):
             slow.update(itertools.compress(group, map(operator.not_, placed)))
             group = list(itertools.compress(group, placed))
@@ -675,6 +681,18 @@ def register_persistent(
         adoption.slow = slow
     elif slow:
         session._register_persistent(slow)  # noqa: SLF001
+
+
+def _unplace(id_dict: dict[Any, Any], keys: Sequence[Any], states: Sequence[Any]) -> None:
+    """Remove the entries a ``setdefault`` pass over ``keys``/``states`` placed before one
+    of the keys raised (the keys from that one on were not placed)."""
+    for key, state in zip(keys, states, strict=True):
+        try:
+            if id_dict.get(key) is not state:
+                continue
+        except BaseException:
+            return
+        del id_dict[key]
 
 
 def _copy_or_none(s: set[Any]) -> set[Any] | None:

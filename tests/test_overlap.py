@@ -127,6 +127,35 @@ async def test_undone_adoption_leaves_the_objects_as_before(tables: AsyncEngine)
 
 
 @pytest.mark.asyncio
+async def test_adoption_of_a_key_that_cannot_be_hashed(tables: AsyncEngine) -> None:
+    """A primary key value the identity map cannot hash fails adoption with the error the
+    session's own bookkeeping raises, and leaves the identity map as it was: no entry for an
+    object that has no identity key (the states before it were placed in the same pass)."""
+    async with AsyncSession(tables) as s:
+        crates = _crates(3)
+        for i, crate in enumerate(crates):
+            crate.id = 100 + i
+        s.add_all(crates)
+
+        def adopt(session: Session) -> None:
+            before = _internals(session, crates)
+            crates[1].id = [101]  # type: ignore[assignment]  # a list: unhashable
+            states = [inspect(c) for c in crates]
+            groups = _sa.group_by_mapper(states)
+            dicts = _sa.state_dicts(states)
+            with pytest.raises(TypeError, match="unhashable"):
+                _sa.register_persistent(session, groups, dicts, _sa.Adoption())
+            assert not session.identity_map._dict
+            crates[1].id = 101
+            assert _internals(session, crates) == before
+            assert all(st.pending for st in states)
+
+        await s.run_sync(adopt)
+        await s.commit()
+        assert await s.scalar(select(func.count()).select_from(Crate)) == 3
+
+
+@pytest.mark.asyncio
 async def test_adoption_waits_for_a_failed_last_copy(tables: AsyncEngine) -> None:
     """The last table's COPY fails on a constraint the server checks at the end of the
     statement (a foreign key): the objects are left as a failed native flush leaves them,
