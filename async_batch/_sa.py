@@ -573,10 +573,10 @@ def register_persistent(
         if len(keys) == 1:
             values = list(map(dict.get, ds, repeat(keys[0])))
             idents: list[tuple[Any, ...]] = list(zip(values))
-            partial: Iterable[bool] = map(operator.is_, values, repeat(None))
+            partial = list(map(operator.is_, values, repeat(None)))
         else:
             idents = list(zip(*[map(dict.get, ds, repeat(k)) for k in keys], strict=True))
-            partial = map(operator.contains, idents, repeat(None))
+            partial = list(map(operator.contains, idents, repeat(None)))
         # the attributes InstanceState keeps in its __dict__ (plain class-level defaults, no
         # descriptors), set as _register_persistent and _commit_all_states set them
         sds = list(map(_vars_of, group))
@@ -590,19 +590,14 @@ def register_persistent(
                 strict=False,
             )
         )
-        # a partial key or a state with a key already: the session's own method (decided
-        # in passes that build nothing first: usually no state is either)
-        keyed: Iterable[bool] = map(
-            operator.is_not, map(dict.get, sds, repeat("key")), repeat(None)
+        # a partial key or a state with a key already: the session's own method
+        unfit = list(
+            map(
+                operator.or_,
+                partial,
+                map(operator.is_not, map(dict.get, sds, repeat("key")), repeat(None)),
+            )
         )
-        unfit: list[bool] = []
-        if any(partial) or any(keyed):
-            if len(keys) == 1:
-                partial = map(operator.is_, values, repeat(None))
-            else:
-                partial = map(operator.contains, idents, repeat(None))
-            keyed = map(operator.is_not, map(dict.get, sds, repeat("key")), repeat(None))
-            unfit = list(map(operator.or_, partial, keyed))
         if any(unfit):
             slow.update(itertools.compress(group, unfit))
             fit = list(map(operator.not_, unfit))
@@ -989,9 +984,8 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
     # object's dict is read before its own state lets go of it
     objs = list(map(_obj_of, states))
     sds = list(map(_vars_of, states))
-    # (each flag first found in a pass that builds nothing: usually no state has it)
-    if any(map(dict.get, sds, repeat("modified"))):
-        modified = list(map(dict.get, sds, repeat("modified")))
+    modified = list(map(dict.get, sds, repeat("modified")))
+    if any(modified):
         for st, sd in itertools.compress(zip(states, sds, strict=True), modified):
             modified_set.discard(st)
             st.committed_state.clear()
@@ -1002,14 +996,14 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
     # merged from a set: one resize of each state's set instead of growing key by key
     loader_keys = {impl.key for impl in manager._loader_impls}  # noqa: SLF001
     _consume(map(set.update, map(_expired_attributes_of, states), repeat(loader_keys)))
-    if any(map(dict.get, sds, repeat("callables"))):
-        callables = list(map(dict.get, sds, repeat("callables")))
+    callables = list(map(dict.get, sds, repeat("callables")))
+    if any(callables):
         for st, cb in zip(states, callables, strict=True):
             if cb:
                 for k in st.expired_attributes.intersection(cb):
                     del cb[k]
-    if any(map(operator.is_, objs, repeat(None))):
-        live = list(map(operator.is_not, objs, repeat(None)))
+    live = list(map(operator.is_not, objs, repeat(None)))
+    if live.count(True) < len(live):
         objs = list(itertools.compress(objs, live))
         sds = list(itertools.compress(sds, live))
     dicts = list(map(orm_base.instance_dict, objs))
@@ -1020,8 +1014,8 @@ def _expire_class(states: list[InstanceState[Any]], manager: Any, modified_set: 
             itertools.compress(popped, map(operator.is_not, popped, repeat(_ABSENT))),
         ):
             adapter.invalidated = True
-    if any(map(dict.get, sds, repeat("_last_known_values"))):
-        known = list(map(dict.get, sds, repeat("_last_known_values")))
+    known = list(map(dict.get, sds, repeat("_last_known_values")))
+    if any(known):
         for lkv, dict_ in zip(known, dicts, strict=True):
             if lkv:
                 lkv.update({k: dict_[k] for k in lkv if k in dict_})

@@ -447,12 +447,8 @@ def draw_ids(
         pos = 0
         for key, ds in chunks:
             # the objects had no id: the key was absent, or None (kept for the undo)
-            held: list[dict[str, Any]] = []
-            if any(map(operator.contains, ds, itertools.repeat(key))):
-                held = list(
-                    itertools.compress(ds, map(operator.contains, ds, itertools.repeat(key)))
-                )
-            undo.append((ds, key, held))
+            held = list(map(operator.contains, ds, itertools.repeat(key)))
+            undo.append((ds, key, list(itertools.compress(ds, held)) if any(held) else []))
             collections.deque(
                 map(operator.setitem, ds, itertools.repeat(key), ids[pos : pos + len(ds)]), 0
             )
