@@ -1880,18 +1880,17 @@ class FlushRun:
                     for left, sk, dk, plain in link_pairs:
                         v = sd[sk] if sd is not None and sk in sd else _sa.get_by_column(src, left)
                         old = dd.get(dk, _MISSING)
+                        # set events and validators fire on every copy, as natively; a
+                        # plain key equal to the one it holds is left as it is
+                        if plain and (
+                            old is v or (old is not _MISSING and old == v and type(old) is type(v))
+                        ):
+                            continue
+                        stage = src_stage if src.key is None else dst_stage
+                        undo.append((dst, dk, old, stage, True))
                         if plain:
-                            if old is v or (
-                                old is not _MISSING and old == v and type(old) is type(v)
-                            ):
-                                continue
-                            stage = src_stage if src.key is None else dst_stage
-                            undo.append((dst, dk, old, stage, True))
                             dd[dk] = v
                         else:
-                            # set events and validators fire on every copy, as natively
-                            stage = src_stage if src.key is None else dst_stage
-                            undo.append((dst, dk, old, stage, True))
                             self._set_attr(dst, dd, dk, v, stage)
         # association rows relationship by relationship, as ManyToManyDP writes them: a link
         # the reverse relationship already wrote is skipped ("processed"), a duplicate within
