@@ -600,11 +600,7 @@ def register_persistent(
         )
         if any(unfit):
             slow.update(itertools.compress(group, unfit))
-            fit = list(map(operator.not_, unfit))
-            group = list(itertools.compress(group, fit))
-            ds = list(itertools.compress(ds, fit))
-            sds = list(itertools.compress(sds, fit))
-            ikeys = list(itertools.compress(ikeys, fit))
+            group, ds, sds, ikeys = _kept(list(map(operator.not_, unfit)), group, ds, sds, ikeys)
         # a key the map holds already (another object's, or a second object's of this flush)
         try:
             placed = list(map(operator.is_, map(id_dict.setdefault, ikeys, group), group))
@@ -615,10 +611,7 @@ def register_persistent(
             raise
         if placed.count(True) < len(placed):
             slow.update(itertools.compress(group, map(operator.not_, placed)))
-            group = list(itertools.compress(group, placed))
-            ds = list(itertools.compress(ds, placed))
-            sds = list(itertools.compress(sds, placed))
-            ikeys = list(itertools.compress(ikeys, placed))
+            group, ds, sds, ikeys = _kept(placed, group, ds, sds, ikeys)
         committeds = list(map(_committed_state_of, group))
         expireds = list(map(_expired_attributes_of, group))
         any_expired = any(expireds)
@@ -676,6 +669,11 @@ def register_persistent(
         adoption.slow = slow
     elif slow:
         session._register_persistent(slow)  # noqa: SLF001
+
+
+def _kept(mask: list[bool], *lists: Sequence[Any]) -> tuple[list[Any], ...]:
+    """Each of the parallel ``lists`` with only the entries ``mask`` keeps."""
+    return tuple(list(itertools.compress(lst, mask)) for lst in lists)
 
 
 def _unplace(id_dict: dict[Any, Any], keys: Sequence[Any], states: Sequence[Any]) -> None:
